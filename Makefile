@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   -> the Gradio Space with the bundled model on http://127.0.0.1:7860 (offline)
+#   make test   -> ruff + the whole test suite (what .ci/run calls)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hfxray-installed
+
+.PHONY: setup demo test lint model onnx bench browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision pinned to the releases this kind of machine has on disk; the ranges in
+	# pyproject.toml admit them and newer-but-capped ones.
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian's Chromium for the end-to-end browser test (no browser download is possible offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser test"; fi; }
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) space/app.py
+
+lint: setup
+	$(VENV)/bin/ruff check hfxray scripts tests space benchmarks
+
+test: setup browser lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+
+# Reproduce the bundled default model from the shared data (offline ImageNet backbone).
+model: setup
+	HF_HUB_OFFLINE=1 $(PY) scripts/make_default_model.py --data_dir ../shared/data/covid19-xray/train
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
