@@ -20,7 +20,8 @@ path sees the same pixels for the same file. Decoding rules, chosen once here:
 * ``draft_size``: consumers pass the model's input size. Large JPEGs are then decoded at a
   reduced DCT scale and any format whose short side is still above ``4 * draft_size`` is
   box-reduced by an integer factor, always keeping both sides ``>= 2 * draft_size`` (so the
-  model's final resize still downsamples). The result depends only on the file and
+  model's final resize still downsamples). Images are never enlarged: a film already smaller
+  than that comes back at its own size. The result depends only on the file and
   ``draft_size``, so training, evaluation, prediction and the Space agree pixel for pixel.
 
 Every failure - missing, empty, too big, truncated, a decompression bomb, text, PDF, an
@@ -262,7 +263,8 @@ def _decode_pil(
         except UnidentifiedImageError:
             raise ImageReadError(f"cannot read {name}: {_describe_unknown(data, name)}") from None
         except Exception as err:  # any parser failure is a bad file, never a crash
-            raise ImageReadError(f"cannot read {name}: invalid image header ({_one_line(err)})") from None
+            fmt = _guess_format(data[:16]) or "image"
+            raise ImageReadError(f"cannot read {name}: invalid {fmt} header ({_one_line(err)})") from None
 
         width, height = img.size
         _check_dimensions(name, width, height, max_pixels, min_side)
@@ -296,20 +298,26 @@ def _describe_unknown(data: bytes, name: str) -> str:
         return "HEIC/AVIF/MP4 is not a supported format (use PNG, JPEG, BMP, TIFF or DICOM)"
     if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
         return "JPEG 2000 is not a supported format (use PNG, JPEG, BMP, TIFF or DICOM)"
-    for magic, fmt in (
-        (b"\x89PNG", "PNG"),
-        (b"\xff\xd8", "JPEG"),
-        (b"BM", "BMP"),
-        (b"II*\x00", "TIFF"),
-        (b"MM\x00*", "TIFF"),
-    ):
-        if head.startswith(magic):
-            return f"looks like {fmt} but its header is corrupt"
+    fmt = _guess_format(head)
+    if fmt is not None:
+        return f"looks like {fmt} but its header is corrupt"
     if _looks_like_text(head):
         return "this is a text file, not an image"
     if name.lower().rstrip("'\"").endswith(".dcm"):
         return "not a DICOM Part 10 file (no 'DICM' marker at byte 128) nor another supported image"
     return "not a recognised image format (supported: PNG, JPEG, BMP, TIFF, DICOM)"
+
+
+def _guess_format(head: bytes) -> str | None:
+    """The supported format whose signature ``head`` starts with, for clearer error messages."""
+    signatures = (
+        (b"\x89PNG", "PNG"),
+        (b"\xff\xd8", "JPEG"),
+        (b"BM", "BMP"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+    )
+    return next((fmt for magic, fmt in signatures if head.startswith(magic)), None)
 
 
 def _looks_like_text(head: bytes) -> bool:
