@@ -1,0 +1,408 @@
+"""Model card and Hub upload for a saved hfxray model directory.
+
+The card is generated from the directory's ``hfxray.json`` so that what the Hub shows is exactly what
+training, calibration and the shortcut audit measured - and "not measured" where they did not run.
+Nothing here decodes images or loads the model: it reads JSON and files only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from hfxray import DISCLAIMER, __version__
+
+NOT_MEASURED = "not measured"
+METADATA_FILE = "hfxray.json"
+CARD_FILE = "README.md"
+DEFAULT_LICENSE = "apache-2.0"
+DEFAULT_TAGS = (
+    "image-classification",
+    "medical-imaging",
+    "chest-x-ray",
+    "covid-19",
+    "research-only",
+    "hfxray",
+)
+# Files that must never reach the Hub: temporary saves (interrupted writes), lock files, caches,
+# Trainer checkpoints (they duplicate the weights and carry optimizer state).
+PUSH_IGNORE_PATTERNS = (
+    "*.tmp",
+    "*.temp",
+    "*.partial",
+    "*.lock",
+    "*.pyc",
+    "tmp*",
+    ".*",
+    "**/.*",
+    "__pycache__/*",
+    "**/__pycache__/*",
+    "checkpoint-*/*",
+    "runs/*",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``hfxray.json``; a missing file gives ``{}`` so the card still renders ("not measured")."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _num(value: Any) -> float | None:
+    """A finite float or None - metadata written by other tools may hold strings or NaN."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    f = _num(value)
+    return NOT_MEASURED if f is None else f"{f:.{digits}f}"
+
+
+def _fmt_ci(ci: Any, digits: int = 3) -> str:
+    if isinstance(ci, dict):
+        ci = (ci.get("lo", ci.get("low")), ci.get("hi", ci.get("high")))
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        lo, hi = _num(ci[0]), _num(ci[1])
+        if lo is not None and hi is not None:
+            return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+    return ""
+
+
+def _with_ci(value: Any, ci: Any) -> str:
+    text = _fmt(value)
+    interval = _fmt_ci(ci)
+    return f"{text} {interval}" if interval and text != NOT_MEASURED else text
+
+
+def _is_hub_id(name: Any) -> bool:
+    """Only real Hub ids belong in ``base_model`` metadata; local paths and pip-weight names do not."""
+    return isinstance(name, str) and bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _class_counts(training: dict[str, Any], classes: list[str]) -> dict[str, int]:
+    """n per class: explicit ``per_class`` counts if recorded, else the first folder of each relpath."""
+    explicit = training.get("per_class") or training.get("n_per_class")
+    if isinstance(explicit, dict):
+        return {str(k): int(v) for k, v in explicit.items() if _num(v) is not None}
+    files = training.get("files")
+    if not isinstance(files, dict) or not files:
+        return {}
+    counts = Counter(Path(str(rel)).parts[0] for rel in files.values() if Path(str(rel)).parts)
+    order = [c for c in classes if c in counts] + sorted(c for c in counts if c not in classes)
+    return {c: counts[c] for c in order}
+
+
+def _validation_class_n(validation: dict[str, Any], classes: list[str]) -> dict[str, int]:
+    explicit = validation.get("n_per_class")
+    if isinstance(explicit, dict) and explicit:
+        return {str(k): int(v) for k, v in explicit.items() if _num(v) is not None}
+    per_class = validation.get("per_class") or {}
+    out: dict[str, int] = {}
+    for c in classes:
+        info = per_class.get(c) if isinstance(per_class, dict) else None
+        if isinstance(info, dict):
+            for key in ("n", "support"):
+                if _num(info.get(key)) is not None:
+                    out[c] = int(info[key])
+                    break
+    cm = validation.get("confusion_matrix")
+    if not out and isinstance(cm, list) and len(cm) == len(classes):
+        try:
+            out = {c: int(sum(row)) for c, row in zip(classes, cm, strict=True)}
+        except TypeError:
+            out = {}
+    return out
+
+
+def _eval_results(validation: dict[str, Any], dataset_name: str) -> list[EvalResult]:
+    results = []
+    for metric_type, key, name in (("accuracy", "accuracy", "Accuracy"), ("f1", "macro_f1", "Macro F1")):
+        value = _num(validation.get(key))
+        if value is None:
+            continue
+        results.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type="imagefolder",
+                dataset_name=dataset_name,
+                dataset_split="validation",
+                metric_type=metric_type,
+                metric_name=name,
+                metric_value=round(value, 4),
+                metric_config="macro" if key == "macro_f1" else None,
+            )
+        )
+    return results
+
+
+def build_card_data(
+    model_dir: str | os.PathLike, meta: dict[str, Any] | None = None, *, repo_id: str | None = None
+) -> ModelCardData:
+    """Hub metadata (YAML header): library, task, license, tags, base model, model-index."""
+    model_dir = Path(model_dir)
+    meta = read_metadata(model_dir) if meta is None else meta
+    training = meta.get("training_data") if isinstance(meta.get("training_data"), dict) else {}
+    validation = meta.get("validation") if isinstance(meta.get("validation"), dict) else {}
+    # "covid19-xray/train" says more than "train": keep the parent folder when the leaf is a split name.
+    parts = Path(str(training.get("dir") or "chest-x-ray imagefolder")).parts[-2:]
+    dataset_name = "/".join(parts[-2:] if parts and parts[-1] in ("train", "training") else parts[-1:])
+    evals = _eval_results(validation, dataset_name)
+    base = meta.get("base_model")
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=str(meta.get("license") or DEFAULT_LICENSE),
+        tags=list(DEFAULT_TAGS),
+        base_model=base if _is_hub_id(base) else None,
+        metrics=["accuracy", "f1"],
+        model_name=(repo_id or model_dir.resolve().name or "hfxray-model") if evals else None,
+        eval_results=evals or None,
+    )
+
+
+def _section_data(meta: dict[str, Any], classes: list[str]) -> list[str]:
+    training = meta.get("training_data") if isinstance(meta.get("training_data"), dict) else {}
+    lines = ["## Training data", ""]
+    if not training:
+        return [*lines, f"Training data provenance: {NOT_MEASURED} (no `training_data` in hfxray.json).", ""]
+    n = training.get("n")
+    lines.append(f"- Folder: `{training.get('dir', NOT_MEASURED)}`")
+    lines.append(f"- Images: {n if n is not None else NOT_MEASURED}")
+    counts = _class_counts(training, classes)
+    if counts:
+        lines.append("- Per class: " + ", ".join(f"{c}: {k}" for c, k in counts.items()))
+    else:
+        lines.append(f"- Per class: {NOT_MEASURED}")
+    fp = training.get("fingerprint")
+    lines.append(f"- Fingerprint (sha256 over sorted relative path + file sha256): `{fp or NOT_MEASURED}`")
+    lines.append(
+        "- The fingerprint and the per-file sha256 / perceptual hashes stored in `hfxray.json` let "
+        "`scripts/audit.py` detect training images that reappear in an evaluation folder."
+    )
+    return [*lines, ""]
+
+
+def _section_metrics(meta: dict[str, Any], classes: list[str]) -> list[str]:
+    validation = meta.get("validation") if isinstance(meta.get("validation"), dict) else {}
+    lines = ["## Validation results", ""]
+    if not validation:
+        return [*lines, f"Validation metrics: {NOT_MEASURED}.", ""]
+    lines.append(
+        "Held-out validation split of the training folder (duplicate groups kept on one side). "
+        "Intervals are 95% (Wilson for proportions, bootstrap for AUROC). Because the validation "
+        "images come from the same sources as the training images, these numbers are an upper bound, "
+        "not evidence of performance at another hospital."
+    )
+    lines.append("")
+    lines.append(f"- n: {validation.get('n', NOT_MEASURED)}")
+    lines.append(f"- Accuracy: {_with_ci(validation.get('accuracy'), validation.get('accuracy_ci95'))}")
+    lines.append(f"- Macro F1: {_with_ci(validation.get('macro_f1'), validation.get('macro_f1_ci95'))}")
+    per_class = validation.get("per_class") if isinstance(validation.get("per_class"), dict) else {}
+    n_by_class = _validation_class_n(validation, classes)
+    names = classes or sorted(per_class)
+    if names:
+        lines += [
+            "",
+            "| class | n | sensitivity | specificity | PPV | F1 | AUROC |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in names:
+            info = per_class.get(c) if isinstance(per_class.get(c), dict) else {}
+            cells = [
+                _with_ci(info.get(k), info.get(f"{k}_ci95"))
+                for k in ("sensitivity", "specificity", "ppv", "f1", "auroc")
+            ]
+            lines.append(f"| {c} | {n_by_class.get(c, NOT_MEASURED)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _section_calibration(meta: dict[str, Any]) -> list[str]:
+    temp = _num(meta.get("temperature"))
+    lines = ["## Calibration", ""]
+    if temp is None:
+        lines.append(f"Temperature scaling: {NOT_MEASURED}; probabilities are the raw softmax outputs.")
+    else:
+        lines.append(
+            f"Temperature scaling fitted on the validation split: T = {temp:.3f}, already folded into the "
+            "classifier weights, so every consumer (pipeline, ONNX, Space) returns calibrated probabilities."
+        )
+    lines.append(
+        f"- Expected calibration error (validation split) before: {_fmt(meta.get('ece_before'))}, "
+        f"after: {_fmt(meta.get('ece_after'))}"
+    )
+    return [*lines, ""]
+
+
+def _section_audit(meta: dict[str, Any]) -> list[str]:
+    audit = meta.get("audit") if isinstance(meta.get("audit"), dict) else {}
+    lines = ["## Shortcut audit", ""]
+    if not audit:
+        return [
+            *lines,
+            f"Shortcut audit: {NOT_MEASURED}. Run `python scripts/audit.py --data_dir DIR --model MODEL_DIR "
+            "--output_dir OUT --write_to_model` to add it.",
+            "",
+        ]
+    lines.append(
+        f"- Shortcut risk: **{audit.get('shortcut_risk', NOT_MEASURED)}** "
+        f"(audited on `{audit.get('data_dir', NOT_MEASURED)}`, n = {audit.get('n', NOT_MEASURED)})"
+    )
+    for reason in audit.get("reasons") or []:
+        lines.append(f"  - {reason}")
+    for key, label in (("border_only", "Border-only accuracy"), ("lungs_only", "Lungs-only accuracy")):
+        part = audit.get(key) if isinstance(audit.get(key), dict) else {}
+        if part:
+            lines.append(
+                f"- {label}: {_with_ci(part.get('accuracy'), part.get('ci95'))} "
+                f"(chance {_fmt(part.get('chance'))})"
+            )
+    if _num(audit.get("max_flip_rate")) is not None:
+        lines.append(
+            f"- Largest prediction flip rate under downscaling / JPEG / intensity changes: "
+            f"{_fmt(audit.get('max_flip_rate'))} ({audit.get('max_flip_transform', '')})"
+        )
+    if audit.get("leakage") is not None:
+        lines.append(f"- Training images found again in the audit folder: {audit.get('leakage')}")
+    return [*lines, ""]
+
+
+def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
+    """Model card generated from ``hfxray.json``; keys that are missing render as "not measured"."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
+    meta = read_metadata(model_dir)
+    classes = [str(c) for c in meta.get("classes") or []]
+    data = build_card_data(model_dir, meta, repo_id=repo_id)
+    name = repo_id or model_dir.resolve().name
+    usage_id = repo_id or str(model_dir)
+    base = meta.get("base_model") or NOT_MEASURED
+    body = [
+        f"# {name}: chest X-ray classifier ({', '.join(classes) if classes else 'classes ' + NOT_MEASURED})",
+        "",
+        f"> **{DISCLAIMER}**",
+        "",
+        f"Fine-tuned from `{base}` with hfxray {meta.get('hfxray_version', __version__)}; "
+        f"input size {meta.get('image_size', NOT_MEASURED)} px (squash resize of the whole film, no crop).",
+        "",
+        "## Intended use",
+        "",
+        "Research and education only: studying how image classifiers behave on chest radiographs, "
+        "teaching, and testing software. This model is **NOT a diagnostic device**; it has not been "
+        "validated clinically and must not be used for diagnosis, triage or treatment decisions. "
+        "Every probability it returns should be read together with the limitations below.",
+        "",
+        *_section_data(meta, classes),
+        *_section_metrics(meta, classes),
+        *_section_calibration(meta),
+        *_section_audit(meta),
+        "## Limitations and known biases",
+        "",
+        "- Small training data (a few hundred films, one public dataset, no external hospital): the "
+        "validation numbers above are an upper bound.",
+        "- Each class comes from a different source. In the shared data, Normal and Viral Pneumonia "
+        "look like one archive of full-resolution children's films each, while Covid comes from many "
+        "sources (publications, case sites, other hospitals). A network can learn the source - "
+        "resolution, sharpness, JPEG history, exposure, borders and text markers, patient age - "
+        "instead of the lungs (DeGrave et al., Nature Machine Intelligence 2021; Roberts et al., "
+        "Nature Machine Intelligence 2021). A naively fine-tuned model of this kind called every film "
+        "of an external set COVID.",
+        "- Normal and Viral Pneumonia training films are children's films: adult normal films are "
+        "outside what the model has seen, and children's films stand for the non-COVID classes.",
+        "- Only frontal radiographs of three classes; any other finding, view or modality gets one of "
+        "these three labels anyway unless the input gate abstains.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classifier = pipeline("image-classification", model="{usage_id}")',
+        'print(classifier("chest_xray.png", top_k=None))  # calibrated probabilities for every class',
+        "```",
+        "",
+        "Or with hfxray, which uses the same preprocessing and adds the input gate and the audit:",
+        "",
+        "```bash",
+        f"python scripts/predict.py chest_xray.png --model {usage_id}",
+        f"python scripts/audit.py --data_dir OTHER_HOSPITAL_DIR --model {usage_id} --output_dir audit/",
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def write_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None) -> Path:
+    """Write (or refresh) ``README.md`` in the model directory atomically and return its path."""
+    card = build_model_card(model_dir, repo_id=repo_id)
+    path = Path(model_dir) / CARD_FILE
+    tmp = path.with_name(f".{CARD_FILE}.tmp")
+    card.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def push_model_dir(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload hfxray model",
+    endpoint: str | None = None,
+) -> str:
+    """Create the repo if needed, refresh the card, upload the directory; returns the commit URL.
+
+    ``endpoint`` defaults to ``HF_ENDPOINT`` (huggingface_hub's own setting), which is how the tests
+    point the upload at a local stand-in of the Hub.
+    """
+    from huggingface_hub import constants
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved model directory (no config.json)")
+    if constants.HF_HUB_OFFLINE:
+        raise RuntimeError("HF_HUB_OFFLINE is set: unset it (HF_HUB_OFFLINE=0) to push to the Hub")
+    write_model_card(model_dir, repo_id=repo_id)
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(
+        folder_path=str(model_dir),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message,
+        ignore_patterns=list(PUSH_IGNORE_PATTERNS),
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+__all__ = [
+    "NOT_MEASURED",
+    "PUSH_IGNORE_PATTERNS",
+    "build_card_data",
+    "build_model_card",
+    "push_model_dir",
+    "read_metadata",
+    "write_model_card",
+]

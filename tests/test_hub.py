@@ -1,0 +1,248 @@
+"""Model card generation and the push path, against a local stand-in of the Hub (no internet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hub_standin import HubStandin
+from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor, pipeline
+
+from hfxray import DISCLAIMER
+from hfxray.hub import NOT_MEASURED, build_model_card, write_model_card
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["Covid", "Normal", "Viral Pneumonia"]
+
+
+def _tiny_model_dir(path: Path, meta: dict | None) -> Path:
+    """A real (tiny, random) transformers image classifier saved the way hfxray saves models."""
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=len(CLASSES),
+        id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)},
+    )
+    ResNetForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(path)
+    if meta is not None:
+        (path / "hfxray.json").write_text(json.dumps(meta), encoding="utf-8")
+    return path
+
+
+def _full_meta() -> dict:
+    return {
+        "hfxray_version": "0.1.0",
+        "base_model": "microsoft/resnet-50",
+        "image_size": 32,
+        "classes": CLASSES,
+        "temperature": 1.734,
+        "ece_before": 0.0912,
+        "ece_after": 0.0311,
+        "training_data": {
+            "dir": "/data/covid19-xray/train",
+            "n": 5,
+            "fingerprint": "ab" * 32,
+            "files": {
+                "1" * 64: "Covid/01.png",
+                "2" * 64: "Covid/02.png",
+                "3" * 64: "Normal/01.jpeg",
+                "4" * 64: "Viral Pneumonia/01.jpeg",
+                "5" * 64: "Viral Pneumonia/02.jpeg",
+            },
+            "phash": {},
+        },
+        "validation": {
+            "n": 51,
+            "classes": CLASSES,
+            "n_per_class": {"Covid": 23, "Normal": 14, "Viral Pneumonia": 14},
+            "accuracy": 0.9412,
+            "accuracy_ci95": [0.8404, 0.9798],
+            "macro_f1": 0.9377,
+            "per_class": {
+                c: {
+                    "n": n,
+                    **{k: 0.9 for k in ("sensitivity", "specificity", "ppv", "f1")},
+                    **{f"{k}_ci95": [0.7, 0.97] for k in ("sensitivity", "specificity", "ppv")},
+                    "auroc": 0.98,
+                    "auroc_ci95": [0.93, 1.0],
+                }
+                for c, n in zip(CLASSES, (23, 14, 14), strict=True)
+            },
+        },
+        "audit": {
+            "shortcut_risk": "high",
+            "reasons": ["border-only accuracy 0.81 [0.72, 0.88] is far above chance 0.44"],
+            "border_only": {"accuracy": 0.81, "ci95": [0.72, 0.88], "chance": 0.44},
+            "data_dir": "/data/external",
+            "n": 90,
+        },
+    }
+
+
+def test_card_renders_from_metadata_and_round_trips(tmp_path):
+    model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())
+    path = write_model_card(model_dir)
+    assert path == model_dir / "README.md"
+    text = path.read_text(encoding="utf-8")
+    card = ModelCard.load(path)
+    built = build_model_card(model_dir)
+    # Metadata survives save -> load unchanged.
+    assert card.data.to_dict() == built.data.to_dict()
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "image-classification"
+    assert data["license"] == "apache-2.0"
+    assert data["base_model"] == "microsoft/resnet-50"
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert results["accuracy"].metric_value == pytest.approx(0.9412)
+    assert results["f1"].metric_value == pytest.approx(0.9377)
+    assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
+    assert data["model-index"][0]["results"][0]["task"]["type"] == "image-classification"
+    # Body: provenance, intervals, calibration, audit, intended use, limitations, usage.
+    for needle in (
+        "/data/covid19-xray/train",
+        "Covid: 2, Normal: 1, Viral Pneumonia: 2",
+        "ab" * 32,
+        "0.941 [0.840, 0.980]",
+        "| Normal | 14 | 0.900 [0.700, 0.970] |",
+        "T = 1.734",
+        "before: 0.091, after: 0.031",
+        "Shortcut risk: **high**",
+        "far above chance",
+        "NOT a diagnostic device",
+        DISCLAIMER,
+        "children's films",
+        'pipeline("image-classification"',
+    ):
+        assert needle in text, needle
+    assert NOT_MEASURED not in text.split("## Training data")[1].split("## Limitations")[0]
+
+
+def test_card_with_missing_metadata_says_not_measured(tmp_path):
+    bare = _tiny_model_dir(tmp_path / "bare", None)
+    card = build_model_card(bare)
+    assert "model-index" not in card.data.to_dict()
+    assert card.text.count(NOT_MEASURED) >= 4
+    partial = _tiny_model_dir(
+        tmp_path / "partial",
+        {
+            "classes": CLASSES,
+            "base_model": "/local/backbone",
+            "validation": {"accuracy": "n/a"},
+            "audit": None,
+        },
+    )
+    write_model_card(partial)
+    card = ModelCard.load(partial / "README.md")
+    assert card.data.base_model is None  # a local path is not a Hub id
+    assert card.data.eval_results is None
+    assert "Shortcut audit: not measured" in card.text
+    assert "Temperature scaling: not measured" in card.text
+
+
+def test_card_usage_snippet_runs(tmp_path):
+    """The card's `pipeline("image-classification", model=...)` snippet works on the saved dir."""
+    model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())
+    write_model_card(model_dir)
+    classifier = pipeline("image-classification", model=str(model_dir))
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    out = classifier(Image.fromarray(rgb), top_k=None)
+    assert sorted(o["label"] for o in out) == sorted(CLASSES)
+    assert sum(o["score"] for o in out) == pytest.approx(1.0, abs=1e-5)
+
+
+def _run_push(args: list[str], endpoint: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": "hf_test",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_push_to_local_hub_standin(tmp_path):
+    model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())
+    (model_dir / "model.safetensors.tmp").write_bytes(b"half-written")  # must not be uploaded
+    (model_dir / ".lock").write_text("x")
+    with HubStandin() as hub:
+        result = _run_push([str(model_dir), "--repo_id", "tester/tiny-cxr", "--private"], hub.url)
+        assert result.returncode == 0, result.stderr[-3000:]
+        # Second push to the existing repo: create_repo(exist_ok=True) gets 409 and goes on.
+        again = _run_push([str(model_dir), "--repo_id", "tester/tiny-cxr"], hub.url)
+        assert again.returncode == 0, again.stderr[-3000:]
+
+    assert hub.created[0] == {
+        "name": "tiny-cxr",
+        "organization": "tester",
+        "visibility": "private",
+        "type": "model",
+    }
+    assert all(r.headers.get("authorization") == "Bearer hf_test" for r in hub.requests if r.method == "POST")
+    assert "/api/models/tester/tiny-cxr/preupload/main" in hub.paths("POST")
+    assert "/api/models/tester/tiny-cxr/commit/main" in hub.paths("POST")
+    assert len(hub.commits) == 2
+    stored = hub.repos["tester/tiny-cxr"]
+    assert set(stored) == {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "hfxray.json",
+        "README.md",
+    }
+    assert stored["model.safetensors"] == (model_dir / "model.safetensors").read_bytes()
+    assert json.loads(stored["config.json"])["id2label"]["2"] == "Viral Pneumonia"
+    card_text = stored["README.md"].decode("utf-8")
+    assert 'model="tester/tiny-cxr"' in card_text
+    assert (
+        ModelCard(card_text).data.to_dict()
+        == build_model_card(model_dir, repo_id="tester/tiny-cxr").data.to_dict()
+    )
+    assert "tester/tiny-cxr" in result.stdout
+
+
+def test_push_refuses_offline_and_non_model_dir(tmp_path):
+    with HubStandin() as hub:
+        bare = _run_push([str(_tiny_model_dir(tmp_path / "m", None)), "--repo_id", "t/x"], hub.url)
+        assert bare.returncode == 0, bare.stderr[-3000:]  # a dir without hfxray.json still pushes
+        not_model = _run_push([str(tmp_path), "--repo_id", "t/x"], hub.url)
+    assert not_model.returncode != 0
+    assert "no config.json" in not_model.stderr.strip().splitlines()[-1]
+    offline = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "push_to_hub.py"),
+            str(tmp_path / "m"),
+            "--repo_id",
+            "t/x",
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert offline.returncode != 0
+    assert "HF_HUB_OFFLINE" in offline.stderr.strip().splitlines()[-1]
