@@ -1,0 +1,68 @@
+"""Check an image folder before training: class counts, unreadable files, duplicates, leakage.
+
+    python scripts/check_data.py DATA_DIR [--test_dir TEST_DIR] [--quarantine] [--json out.json]
+
+Exit status 0 when the check ran (findings are printed, not fatal), 1 with a one-line reason
+when it could not run (missing folder, wrong layout, ...). The logic is `hfxray.data.check_folder`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from hfxray.cli import fail
+
+
+@dataclass
+class CheckDataArguments:
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder with one sub-folder of images per class (or give it positionally)."}
+    )
+    test_dir: str | None = field(
+        default=None, metadata={"help": "A test folder to check for images shared with DATA_DIR (leakage)."}
+    )
+    quarantine: bool = field(
+        default=False,
+        metadata={"help": "Move unreadable files to DATA_DIR/../quarantine/ (logged, never deleted)."},
+    )
+    json: str | None = field(default=None, metadata={"help": "Also write the report as JSON to this file."})
+    image_size: int = field(default=224, metadata={"help": "Decode size S (shares the training cache at S)."})
+    phash_distance: int = field(
+        default=4, metadata={"help": "Max perceptual-hash distance for near duplicates (-1: exact only)."}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(CheckDataArguments, prog="check_data.py")
+    parser.add_argument("data_dir_positional", metavar="DATA_DIR", nargs="?", help="Data folder.")
+    args, extra = parser.parse_args_into_dataclasses(args=argv)
+    data_dir = args.data_dir or extra.data_dir_positional
+    if not data_dir:
+        parser.error("DATA_DIR is required")
+
+    from hfxray.data import check_folder  # after parsing: --help stays fast
+
+    try:
+        report = check_folder(
+            data_dir,
+            test_dir=args.test_dir,
+            image_size=args.image_size,
+            phash_distance=args.phash_distance,
+            move_bad_files=args.quarantine,
+        )
+    except (OSError, ValueError) as e:
+        return fail(" ".join(str(e).split()))
+    print(report.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        print(f"Report written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
