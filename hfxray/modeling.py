@@ -410,6 +410,10 @@ def load_for_finetuning(
             raise BackboneConversionError(
                 f"{source}: head has {head.out_features} outputs, not {len(labels)}"
             )
+    if getattr(model.config, "label_names", None) is not None:
+        # TimmWrapperConfig keeps the checkpoint's (ImageNet) label_names and writes them back on save,
+        # which would silently replace our labels on reload (transformers 5.24); keep them in sync.
+        model.config.label_names = labels
     mean, std = backbone_mean_std(model, source)
     model.train()
     return model, make_processor(mean, std, image_size)
