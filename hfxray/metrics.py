@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import evaluate
 import numpy as np
 from scipy.stats import rankdata
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import roc_auc_score
 
 from hfxray.calibration import expected_calibration_error, reliability_bins
@@ -214,12 +216,12 @@ def classification_report(
     acc = load_metric("accuracy").compute(predictions=preds, references=y)["accuracy"]
     n_correct = int((preds == y).sum())
     f1_module = load_metric("f1")
-    macro_f1 = f1_module.compute(
-        predictions=preds, references=y, labels=present, average="macro", zero_division=0
-    )["f1"]
-    per_class_f1 = f1_module.compute(
-        predictions=preds, references=y, labels=labels, average=None, zero_division=0
-    )["f1"]
+    # No `zero_division` kwarg: the Hub's f1 module does not accept it. sklearn's default already
+    # scores an undefined precision as 0 (the F1 of a never-predicted class); only silence its warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        macro_f1 = f1_module.compute(predictions=preds, references=y, labels=present, average="macro")["f1"]
+        per_class_f1 = f1_module.compute(predictions=preds, references=y, labels=labels, average=None)["f1"]
     cm = np.asarray(
         load_metric("confusion_matrix").compute(predictions=preds, references=y, labels=labels)[
             "confusion_matrix"

@@ -194,7 +194,7 @@ th:first-child,td:first-child{text-align:left}
 thead th{background:#f2f2f2}
 figure{display:inline-block;margin:1em;vertical-align:top}
 figure img{max-width:100%;border:1px solid #ddd}
-.ci{color:#666;font-size:.9em}
+.ci{color:#666;font-size:.9em;white-space:nowrap}
 .note{color:#8a5300}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;white-space:pre-wrap}
 """
