@@ -82,14 +82,19 @@ def local_metric_path(name: str) -> Path:
     return path
 
 
-def load_metric(name: str) -> evaluate.EvaluationModule:
+def load_metric(name: str, *, use_hub: bool | None = None) -> evaluate.EvaluationModule:
     """Load an `evaluate` metric: the Hub's canonical module unless offline, else the local copy.
+
+    `use_hub=None` probes the Hub (instant False when HF_HUB_OFFLINE is set); callers loading
+    several metrics probe once and pass the answer, so an unplugged machine waits only once.
 
     `keep_in_memory=True` so concurrent evaluations never share arrow cache files or locks.
     A local module is loaded by path, which `evaluate` resolves without touching the network
     (it copies the script into its modules cache, so the install itself may be read-only).
     """
-    if _hub_reachable():
+    if use_hub is None:
+        use_hub = _hub_reachable()
+    if use_hub:
         try:
             module = evaluate.load(name, keep_in_memory=True)
             logger.info("metric %s: loaded from the Hugging Face Hub", name)
@@ -213,9 +218,10 @@ def classification_report(
     labels = list(range(c_count))
     present = [c for c in labels if (y == c).any()]
 
-    acc = load_metric("accuracy").compute(predictions=preds, references=y)["accuracy"]
+    use_hub = _hub_reachable()
+    acc = load_metric("accuracy", use_hub=use_hub).compute(predictions=preds, references=y)["accuracy"]
     n_correct = int((preds == y).sum())
-    f1_module = load_metric("f1")
+    f1_module = load_metric("f1", use_hub=use_hub)
     # No `zero_division` kwarg: the Hub's f1 module does not accept it. sklearn's default already
     # scores an undefined precision as 0 (the F1 of a never-predicted class); only silence its warning.
     with warnings.catch_warnings():
@@ -223,9 +229,9 @@ def classification_report(
         macro_f1 = f1_module.compute(predictions=preds, references=y, labels=present, average="macro")["f1"]
         per_class_f1 = f1_module.compute(predictions=preds, references=y, labels=labels, average=None)["f1"]
     cm = np.asarray(
-        load_metric("confusion_matrix").compute(predictions=preds, references=y, labels=labels)[
-            "confusion_matrix"
-        ],
+        load_metric("confusion_matrix", use_hub=use_hub).compute(
+            predictions=preds, references=y, labels=labels
+        )["confusion_matrix"],
         dtype=np.int64,
     )
 

@@ -205,3 +205,12 @@ def test_report_rejects_bad_input():
         classification_report([0, 1], np.ones((2, 2)) / 2, CLASSES)
     with pytest.raises(ValueError, match="labels"):
         classification_report([0, 3], np.ones((2, 3)) / 3, CLASSES)
+
+
+def test_hub_failure_falls_back_to_local(monkeypatch, no_network, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub load fails as it would without network
+    with caplog.at_level(logging.INFO, logger="hfxray.metrics"):
+        module = load_metric("confusion_matrix", use_hub=True)
+    assert "Hub load failed" in caplog.text and "local module" in caplog.text
+    cm = module.compute(predictions=[1, 1, 0], references=[1, 0, 0], labels=[0, 1])["confusion_matrix"]
+    np.testing.assert_array_equal(cm, [[1, 1], [0, 1]])
