@@ -1,0 +1,501 @@
+"""Prediction on images and files, through PyTorch or ONNX Runtime.
+
+A :class:`Predictor` loads a saved model directory once (model or ONNX Runtime session, image
+processor, class list) and is reused for every call: building an ``InferenceSession`` or loading
+weights per request would dominate latency on a 2-core CPU. Both backends share one
+preprocessing path (the directory's saved ``ViTImageProcessor``), so they see identical inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILENAME = "model.onnx"
+METADATA_FILENAME = "hfxray.json"
+WEIGHTS_FILENAME = "model.safetensors"
+# Key of the ONNX metadata_props entry holding the sha256 of the safetensors the graph came from.
+ONNX_WEIGHTS_SHA_KEY = "hfxray_weights_sha256"
+
+Backend = Literal["auto", "onnx", "torch"]
+
+
+@dataclass
+class PredictionRow:
+    """One file's outcome. ``error`` is set (and ``predicted`` is None) when the file could not be used."""
+
+    path: str
+    predicted: str | None
+    probs: dict[str, float]
+    error: str | None = None
+    warning: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def physical_cores() -> int:
+    """Physical cores usable by this process: hyper-threads only add contention to a compute-bound GEMM."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    try:
+        import psutil  # optional: only psutil can tell physical from logical cores portably
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(physical, available))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model_dir(model_dir_or_id: str | os.PathLike | None = None) -> Path:
+    """Local directory for a model: a path as is, ``None`` -> the bundled model, else a Hub repo id
+    (from the local cache when offline)."""
+    if model_dir_or_id is None:
+        from hfxray.modeling import DEFAULT_MODEL_DIR
+
+        model_dir_or_id = DEFAULT_MODEL_DIR
+    path = Path(model_dir_or_id).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(model_dir_or_id))
+    except HFValidationError:
+        raise ValueError(f"model directory not found: {model_dir_or_id}") from None
+    if path.exists() or str(model_dir_or_id).startswith((".", "~")):
+        raise ValueError(f"model directory not found: {model_dir_or_id}")
+
+    try:
+        return Path(snapshot_download(str(model_dir_or_id)))
+    except Exception as e:  # offline + not cached, unknown repo, bad id: all one message for the user
+        raise ValueError(
+            f"model {model_dir_or_id!r} is not a local directory and could not be fetched from the Hub "
+            f"or its cache ({type(e).__name__})"
+        ) from e
+
+
+def read_model_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """``hfxray.json`` of a model directory, ``{}`` for plain Hugging Face models without one."""
+    path = Path(model_dir) / METADATA_FILENAME
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _classes_from_config(model_dir: Path) -> list[str]:
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    id2label = config.get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float64 so that the probabilities written to a CSV sum to 1 to ~1e-15."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def input_warning(image: Image.Image, image_size: int) -> str | None:
+    """Plausibility note on a decoded image; the prediction is still made, the user is told.
+
+    (No colour check: real radiographs in the shared data are often tinted JPEGs.)
+    """
+    if min(image.size) < image_size:
+        return f"image is small ({image.width}x{image.height}), upscaled to {image_size}"
+    return None
+
+
+def _batches(n: int, batch_size: int) -> Iterator[slice]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+class Predictor:
+    """Probabilities for chest X-rays from a saved model directory, with a PyTorch or ONNX Runtime backend.
+
+    Thread count: for ONNX the session gets ``num_threads`` (default: physical cores) intra-op threads.
+    PyTorch's thread count is process-global, so the torch backend leaves it alone unless
+    ``num_threads`` is given, in which case it is set for the duration of each forward pass and
+    restored afterwards (not safe against other threads changing it concurrently).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: Path,
+        processor: Any,
+        classes: list[str],
+        image_size: int,
+        backend: Literal["onnx", "torch"],
+        session: Any = None,
+        model: Any = None,
+        num_threads: int | None = None,
+        source: str | None = None,
+    ):
+        if backend == "onnx" and session is None:
+            raise ValueError("the onnx backend needs an onnxruntime InferenceSession")
+        if backend == "torch" and model is None:
+            raise ValueError("the torch backend needs a model")
+        self.model_dir = Path(model_dir)
+        self.source = source or str(model_dir)  # what the user asked for (a dir or a Hub id), for reports
+        self.processor = processor
+        self.classes = list(classes)
+        self.image_size = int(image_size)
+        self.backend = backend
+        self.session = session
+        self.model = model
+        self.num_threads = num_threads
+        self.metadata = read_model_metadata(self.model_dir)
+        if session is not None:
+            self._input_name = session.get_inputs()[0].name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir_or_id: str | os.PathLike | None = None,
+        backend: Backend = "auto",
+        num_threads: int | None = None,
+    ) -> Predictor:
+        """Load once. ``backend="auto"`` uses ``model.onnx`` when present and made from the current
+        weights, PyTorch otherwise."""
+        if backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        model_dir = resolve_model_dir(model_dir_or_id)
+        onnx_path = model_dir / ONNX_FILENAME
+        if backend == "onnx" and not onnx_path.is_file():
+            raise ValueError(f"no {ONNX_FILENAME} in {model_dir}; run scripts/export_onnx.py first")
+        chosen: Literal["onnx", "torch"] = "onnx" if backend == "onnx" else "torch"
+        session = model = None
+        if backend in ("auto", "onnx") and onnx_path.is_file():
+            session = cls._make_session(onnx_path, num_threads)
+            stale = _onnx_is_stale(session, model_dir)
+            if stale and backend == "onnx":
+                raise ValueError(
+                    f"{onnx_path} was exported from other weights; re-run scripts/export_onnx.py"
+                )
+            if stale:
+                logger.warning("%s is stale (exported from other weights); using PyTorch", onnx_path)
+                session = None
+            else:
+                chosen = "onnx"
+
+        if chosen == "torch":
+            from hfxray.modeling import load_model
+
+            model, processor = load_model(model_dir)
+            model.eval()
+        else:
+            from hfxray.modeling import load_processor
+
+            # The loader modeling.load_model uses: the PIL processor is the reference preprocessing.
+            processor = load_processor(model_dir)
+
+        metadata = read_model_metadata(model_dir)
+        classes = metadata.get("classes") or _classes_from_config(model_dir)
+        image_size = metadata.get("image_size") or processor_image_size(processor)
+        predictor = cls(
+            model_dir=model_dir,
+            processor=processor,
+            classes=classes,
+            image_size=image_size,
+            backend=chosen,
+            session=session,
+            model=model,
+            num_threads=num_threads,
+            source=str(model_dir if model_dir_or_id is None else model_dir_or_id),
+        )
+        predictor._check_num_classes()
+        return predictor
+
+    @staticmethod
+    def _make_session(onnx_path: Path, num_threads: int | None) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or physical_cores()
+        options.inter_op_num_threads = 1  # one sequential graph: inter-op threads would only idle
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def _check_num_classes(self) -> None:
+        probe = np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
+        if self.backend == "onnx":
+            shape = self.session.get_outputs()[0].shape
+            n = shape[-1] if isinstance(shape[-1], int) else self._forward(probe).shape[-1]
+        else:
+            n = self.model.config.num_labels
+        if n != len(self.classes):
+            raise ValueError(f"model in {self.model_dir} has {n} outputs but {len(self.classes)} classes")
+
+    # ---------------------------------------------------------------- core
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, 3, S, S) float32 pixel values from the saved image processor (identical for both backends)."""
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        return np.asarray(self.processor(images=rgb, return_tensors="np")["pixel_values"], dtype=np.float32)
+
+    def _forward(self, pixel_values: np.ndarray) -> np.ndarray:
+        if self.backend == "onnx":
+            return self.session.run(None, {self._input_name: pixel_values})[0]
+        import torch
+
+        with self._torch_threads(), torch.inference_mode():
+            logits = self.model(pixel_values=torch.from_numpy(pixel_values)).logits
+        return logits.float().numpy()
+
+    @contextlib.contextmanager
+    def _torch_threads(self) -> Iterator[None]:
+        if self.num_threads is None:
+            yield
+            return
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def predict_pixel_values(self, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Logits (n, C) float32 for already-preprocessed inputs, in batches."""
+        pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        out = np.empty((len(pixel_values), len(self.classes)), dtype=np.float32)
+        for sl in _batches(len(pixel_values), batch_size):
+            out[sl] = self._forward(pixel_values[sl])
+        return out
+
+    def predict_logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Logits (n, C) float32; for calibration and audits, which need the pre-softmax values."""
+        images = list(images)
+        out = np.empty((len(images), len(self.classes)), dtype=np.float32)
+        for sl in _batches(len(images), batch_size):
+            out[sl] = self._forward(self.preprocess(images[sl]))
+        return out
+
+    def predict_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Probabilities (n, C) float64, columns in ``self.classes`` order, rows summing to 1."""
+        return softmax(self.predict_logits(images, batch_size=batch_size))
+
+    # ---------------------------------------------------------------- input gate
+    def _gate_pixels(self, pixel_values: np.ndarray) -> list[str | None] | None:
+        """Delegates to the optional ``hfxray.gate`` module when the model dir carries gate statistics."""
+        stats = self.metadata.get("gate")
+        if not stats:
+            return None
+        try:
+            from hfxray import gate
+        except ImportError:
+            return None
+        return list(gate.gate_warnings(self, pixel_values, stats))
+
+    def gate_warnings(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[str | None] | None:
+        """Per-image input-gate warning (None = looks in-distribution), or None when there is no gate."""
+        if not self.metadata.get("gate"):
+            return None
+        images = list(images)
+        out: list[str | None] = []
+        for sl in _batches(len(images), batch_size):
+            warnings = self._gate_pixels(self.preprocess(images[sl]))
+            if warnings is None:
+                return None
+            out.extend(warnings)
+        return out
+
+    # ---------------------------------------------------------------- files
+    def _decode_one(self, path: str) -> tuple[np.ndarray | None, str | None, str | None]:
+        """(pixel_values (3,S,S) | None, warning, error). Preprocessing here keeps only S x S arrays in
+        memory, never a batch of full-size radiographs."""
+        from hfxray.images import ImageReadError, load_image
+
+        try:
+            image = load_image(path, draft_size=self.image_size)
+        except ImageReadError as e:
+            return None, None, str(e)
+        except OSError as e:  # missing file, permission denied: report, keep going
+            return None, None, f"cannot read file: {e.strerror or e}"
+        return self.preprocess([image])[0], input_warning(image, self.image_size), None
+
+    def predict_paths(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[PredictionRow]:
+        """One row per path, in input order. Unreadable files give a row with ``error``; the run goes on.
+
+        Files are decoded in a thread pool (PIL releases the GIL while decoding); ``progress`` is called
+        with the number of files finished after each batch.
+        """
+        paths = [str(p) for p in paths]
+        workers = num_workers or min(4, physical_cores() + 1)
+        rows: list[PredictionRow] = []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for sl in _batches(len(paths), batch_size):
+                chunk = paths[sl]
+                decoded = list(pool.map(self._decode_one, chunk))
+                good = [i for i, (pv, _, _) in enumerate(decoded) if pv is not None]
+                prob_of: dict[int, np.ndarray] = {}
+                gate_of: dict[int, str | None] = {}
+                if good:
+                    batch = np.stack([decoded[i][0] for i in good])
+                    prob_of = dict(
+                        zip(
+                            good,
+                            softmax(self.predict_pixel_values(batch, batch_size=len(batch))),
+                            strict=True,
+                        )
+                    )
+                    gated = self._gate_pixels(batch)
+                    if gated is not None:
+                        gate_of = dict(zip(good, gated, strict=True))
+                for i, (path, (_, warning, error)) in enumerate(zip(chunk, decoded, strict=True)):
+                    if error is not None:
+                        rows.append(PredictionRow(path=path, predicted=None, probs={}, error=error))
+                        continue
+                    p = prob_of[i]
+                    rows.append(
+                        PredictionRow(
+                            path=path,
+                            predicted=self.classes[int(np.argmax(p))],
+                            probs={c: float(v) for c, v in zip(self.classes, p, strict=True)},
+                            warning="; ".join(w for w in (warning, gate_of.get(i)) if w) or None,
+                        )
+                    )
+                if progress is not None:
+                    progress(len(chunk))
+        return rows
+
+    # ---------------------------------------------------------------- interop
+    def as_pipeline(self, **kwargs: Any) -> Any:
+        """A ``transformers`` image-classification pipeline over the same (torch) model and processor.
+
+        For the onnx backend the PyTorch weights are loaded from the same directory on demand.
+        """
+        from transformers import pipeline
+
+        model = self.model
+        if model is None:
+            from hfxray.modeling import load_model
+
+            model, _ = load_model(self.model_dir)
+            model.eval()
+        return pipeline("image-classification", model=model, image_processor=self.processor, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor(model_dir={str(self.model_dir)!r}, backend={self.backend!r}, classes={self.classes})"
+        )
+
+
+def processor_image_size(processor: Any) -> int:
+    """S of the processor's S x S output."""
+    size = processor.size
+    size = size if isinstance(size, dict) else vars(size)
+    return int(size.get("height") or size.get("shortest_edge"))
+
+
+def _onnx_is_stale(session: Any, model_dir: Path) -> bool:
+    """True when model.onnx records the sha256 of weights that are no longer the directory's weights."""
+    recorded = session.get_modelmeta().custom_metadata_map.get(ONNX_WEIGHTS_SHA_KEY)
+    weights = model_dir / WEIGHTS_FILENAME
+    if not recorded or not weights.is_file():
+        return False  # exported elsewhere or ONNX-only directory: nothing to compare against
+    return recorded != file_sha256(weights)
+
+
+def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], int]:
+    """Expand files and folders into the list of files to predict, plus the number of files skipped.
+
+    Folders are searched recursively for :data:`hfxray.images.SUPPORTED_EXTENSIONS` (other files are
+    skipped and counted). Files named explicitly are always kept, whatever their extension - the
+    decoder trusts content, not names - and so are missing ones, so that every argument the user
+    gave appears in the output (as an error row if it cannot be read).
+    """
+    from hfxray.images import is_supported_path
+
+    seen: set[str] = set()
+    paths: list[str] = []
+    skipped = 0
+    for item in inputs:
+        root = Path(item)
+        if root.is_dir():
+            found = sorted(p for p in root.rglob("*") if p.is_file())
+            for p in found:
+                if not is_supported_path(p):
+                    skipped += 1
+                elif str(p) not in seen:
+                    seen.add(str(p))
+                    paths.append(str(p))
+        elif str(root) not in seen:
+            seen.add(str(root))
+            paths.append(str(root))
+    return paths, skipped
+
+
+def write_predictions_csv(
+    rows: Sequence[PredictionRow],
+    classes: Sequence[str],
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """``path,predicted,prob_<class>...,warning,error``; atomic, and never replaces a file unless asked.
+
+    Probabilities are written with 10 significant digits, so each row still sums to 1 within 1e-9.
+    """
+    import csv
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), "warning", "error"])
+            for row in rows:
+                probs = [format(row.probs[c], ".10g") if row.ok else "" for c in classes]
+                writer.writerow([row.path, row.predicted or "", *probs, row.warning or "", row.error or ""])
+        if output.exists() and not overwrite:  # appeared while we were writing: still don't clobber it
+            raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
+        os.replace(tmp_name, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return output
