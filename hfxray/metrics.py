@@ -159,8 +159,13 @@ def bootstrap_auroc(
         return (nan, nan, nan)
     auc = float(roc_auc_score(y, s))
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, y.size, size=(n_boot, y.size))
-    reps = _auroc_from_ranks(y[idx], s[idx])
+    # Resample in blocks of ~2M entries so a large external set does not need n_boot x n memory at once.
+    block = max(1, 2_000_000 // y.size)
+    parts = []
+    for start in range(0, n_boot, block):
+        idx = rng.integers(0, y.size, size=(min(block, n_boot - start), y.size))
+        parts.append(_auroc_from_ranks(y[idx], s[idx]))
+    reps = np.concatenate(parts)
     reps = reps[~np.isnan(reps)]
     if reps.size < max(1, n_boot // 2):
         return (auc, nan, nan)
