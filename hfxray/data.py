@@ -90,7 +90,9 @@ def image_phash(image: Image.Image, hash_size: int = 8) -> str:
 # phash distance rises smoothly from 4 (three *different* patients, Normal/060, 080, 082, are at
 # 4) with no gap. The 256-bit phash separates them: re-encoded/rescaled/brightened copies 0-8,
 # two near-identical views of one patient (Covid/COVID-00033, 00037) 26, different patients
-# 70-96. A 64-bit match is therefore confirmed by the 256-bit distance <= this.
+# 70-96. A 64-bit match in the upper half of ``phash_distance`` is therefore confirmed by the
+# 256-bit distance <= this; closer 64-bit matches (re-encodes measure 0-2) are taken as they
+# are, because a small thumbnail loses the fine detail the 256-bit hash looks at.
 CONFIRM_PHASH16_DISTANCE = 32
 
 
@@ -269,8 +271,8 @@ def load_image_folder(
         num_proc=num_proc,
         desc=f"Decoding images to {image_size}x{image_size}",
     )
-    errors = decoded["error"]
-    paths = decoded["path"]
+    errors = list(decoded["error"])  # datasets 5 returns lazy Columns
+    paths = list(decoded["path"])
     bad = {b.path: b for b in scan.unsupported}
     for p, err in zip(paths, errors, strict=True):
         if err:
@@ -343,9 +345,9 @@ def group_records(
     """Partition record indices into duplicate components (only groups of 2+ are returned).
 
     Two files are joined when their sha256 is equal, or their 64-bit phash hamming distance is
-    <= ``phash_distance`` (negative: exact copies only) and, where both records have a 256-bit
-    ``phash16``, that distance is <= ``confirm_distance`` (None: no confirmation). Groups and
-    members are ordered by index.
+    <= ``phash_distance`` (negative: exact copies only). A match above ``phash_distance // 2``
+    must also have a 256-bit ``phash16`` distance <= ``confirm_distance`` where both records have
+    one (None: no confirmation; see `CONFIRM_PHASH16_DISTANCE`). Groups/members ordered by index.
     """
     n = len(records)
     uf = _UnionFind(n)
@@ -364,7 +366,8 @@ def group_records(
             dist = block @ (1 - bits).T + (1 - block) @ bits.T  # hamming distance
             rows, cols = np.nonzero(dist <= phash_distance)
             for a, b in zip(rows + start, cols, strict=True):
-                if a < b and _confirmed(records[with_phash[a]], records[with_phash[b]], confirm_distance):
+                ra, rb = records[with_phash[a]], records[with_phash[b]]
+                if a < b and _confirmed(ra, rb, int(dist[a - start, b]), phash_distance, confirm_distance):
                     uf.union(with_phash[a], with_phash[b])
     components: dict[int, list[int]] = defaultdict(list)
     for i in range(n):
@@ -372,10 +375,10 @@ def group_records(
     return sorted((m for m in components.values() if len(m) > 1), key=lambda m: m[0])
 
 
-def _confirmed(a: FileRecord, b: FileRecord, confirm_distance: int | None) -> bool:
-    if confirm_distance is None or not a.phash16 or not b.phash16:
+def _confirmed(a: FileRecord, b: FileRecord, distance: int, phash_distance: int, confirm: int | None) -> bool:
+    if confirm is None or distance <= phash_distance // 2 or not a.phash16 or not b.phash16:
         return True
-    return _hamming(a.phash16, b.phash16) <= confirm_distance
+    return _hamming(a.phash16, b.phash16) <= confirm
 
 
 def _groups_from_records(records: Sequence[FileRecord], phash_distance: int) -> list[DuplicateGroup]:
@@ -424,8 +427,8 @@ def cross_duplicates(
 def records_from_dataset(ds: Any) -> list[FileRecord]:
     """`FileRecord`s of a Dataset from `load_image_folder` (no decoding: columns only)."""
     cols = ds.column_names
-    phashes = ds["phash"] if "phash" in cols else [None] * len(ds)
-    phashes16 = ds["phash16"] if "phash16" in cols else [None] * len(ds)
+    phashes = list(ds["phash"]) if "phash" in cols else [None] * len(ds)
+    phashes16 = list(ds["phash16"]) if "phash16" in cols else [None] * len(ds)
     return [
         FileRecord(p, s, h or None, h16 or None)
         for p, s, h, h16 in zip(ds["path"], ds["sha256"], phashes, phashes16, strict=True)
@@ -447,13 +450,13 @@ def split_dataset(ds: Any, *, test_size: float = 0.2, seed: int = 42, phash_dist
     groups = group_records(records_from_dataset(ds), phash_distance=phash_distance)
     follows = {m: g[0] for g in groups for m in g[1:]}
     reps = [i for i in range(len(ds)) if i not in follows]
-    labels = ds["label"]
+    labels = list(ds["label"])
     index = datasets.Dataset.from_dict(
         {"row": reps, "label": [labels[i] for i in reps]},
         features=datasets.Features({"row": datasets.Value("int64"), "label": ds.features["label"]}),
     )
     parts = index.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
-    val_reps = set(parts["test"]["row"])
+    val_reps = set(list(parts["test"]["row"]))
     val_rows = [i for i in range(len(ds)) if follows.get(i, i) in val_reps]
     train_rows = [i for i in range(len(ds)) if follows.get(i, i) not in val_reps]
     return datasets.DatasetDict(train=ds.select(train_rows), validation=ds.select(val_rows))
@@ -653,8 +656,10 @@ def train_transform(
 def eval_transform(processor: Any) -> Callable[[dict[str, list]], dict[str, list]]:
     """Callable for `Dataset.with_transform` using the model's image processor (no augmentation).
 
-    The same `ViTImageProcessor` (``use_fast=False``) is used by validation, evaluation and
-    prediction, so they all see identical pixel values.
+    The same `ViTImageProcessor` (PIL backend: `hfxray.modeling.make_processor` / ``backend="pil"``)
+    is used by validation, evaluation and prediction, so they all see identical pixel values. The
+    torchvision backend (transformers 5's default class) resizes with a different antialiasing
+    kernel and differs from the cached image by a grey level on some pixels.
     """
 
     def transform(batch: dict[str, list]) -> dict[str, list]:
