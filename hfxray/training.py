@@ -340,7 +340,9 @@ def _fit_gate(model, processor, splits) -> dict[str, Any] | None:
         from hfxray import gate
     except ImportError:  # the gate module is optional for training
         return None
-    return gate.fit_gate(model, processor, list(splits["train"]["image"]), list(splits["validation"]["image"]))
+    return gate.fit_gate(
+        model, processor, list(splits["train"]["image"]), validation_images=list(splits["validation"]["image"])
+    )
 
 
 def _write_card(model_dir: Path) -> None:

@@ -9,8 +9,13 @@ Research software, not a diagnostic device.
 
 from __future__ import annotations
 
-import logging
 import sys
+from pathlib import Path
+
+# This folder holds scripts/evaluate.py, which would shadow the `evaluate` library: keep it off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import logging
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
