@@ -38,6 +38,7 @@ model: setup
 	HF_HUB_OFFLINE=1 $(PY) scripts/make_default_model.py --data_dir ../shared/data/covid19-xray/train
 
 bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 
 clean:

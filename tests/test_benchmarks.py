@@ -1,0 +1,95 @@
+"""benchmarks/run.py --quick runs end to end, so the benchmark cannot rot.
+
+Timings are printed, never asserted (shared machines are noisy); only the structure of
+results.json and the sanity of its numbers (finite, positive, accuracies in [0, 1]) are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN = REPO_ROOT / "benchmarks" / "run.py"
+INFERENCE_SIDES = ("hfxray_default", "hfxray_torch", "transformers_pipeline", "fastai")
+FASTAI = importlib.util.find_spec("fastai") is not None
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("hfxray_benchmarks_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_test_image_is_a_1024px_png_from_a_real_radiograph(shared_data, tmp_path):
+    run = _load_run_module()
+    files = run.image_files(shared_data)
+    assert set(files) == {"Covid", "Normal", "Viral Pneumonia"}
+    info = run.make_test_png(files, tmp_path / "x.png")
+    with Image.open(info["path"]) as im:
+        assert im.format == "PNG"
+        assert max(im.size) == 1024
+    assert Path(info["source"]).parent.parent == shared_data
+    subset = run.pick(files, 2, smallest=True)
+    assert all(len(v) == 2 for v in subset.values())
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_complete_results(shared_data, tmp_path):
+    out = tmp_path / "results.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--data_dir", str(shared_data), "--output", str(out)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=1500,
+    )
+    print(proc.stdout)  # the timings, for whoever reads the CI log
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| comparison | side |" in proc.stdout
+
+    r = json.loads(out.read_text())
+    assert r["mode"] == "quick"
+    assert r["fastai_available"] is FASTAI
+    assert _positive(r["system"]["matmul_gflops"])
+    assert r["setup"]["test_image"]["size"][0] == 1024 or r["setup"]["test_image"]["size"][1] == 1024
+
+    for side in INFERENCE_SIDES:
+        lat, bat = r["latency"][side], r["batch"][side]
+        if side == "fastai" and not FASTAI:
+            assert lat["skipped"] == bat["skipped"] == "fastai not installed: skipped"
+            continue
+        assert "error" not in lat, lat
+        assert lat["iterations"] >= 1
+        assert all(_positive(lat[k]) for k in ("p50_ms", "p95_ms", "peak_rss_mib")), lat
+        assert lat["p50_ms"] <= lat["p95_ms"]
+        assert bat["n_images"] == r["setup"]["batch_files"] > 0
+        assert all(_positive(bat[k]) for k in ("images_per_s", "flops_per_image", "matmul_share")), bat
+
+    for side in ("hfxray", "fastai"):
+        t = r["training"][side]
+        if side == "fastai" and not FASTAI:
+            assert t["skipped"] == "fastai not installed: skipped"
+            continue
+        assert "error" not in t, t
+        assert _positive(t["train_wall_s"]) and _positive(t["peak_rss_mib"])
+        assert 0.0 <= t["val_accuracy"] <= 1.0
+        assert t["n_train"] > 0 and t["n_validation"] > 0
+
+    ratios = r["ratios"]
+    assert _positive(ratios["batch_hfxray_over_pipeline"]) and _positive(ratios["latency_p50_pipeline_over_hfxray"])
+    if FASTAI:
+        assert _positive(ratios["latency_p50_fastai_over_hfxray"]) and _positive(ratios["batch_hfxray_over_fastai"])
+        assert any("than the fastai recipe" in line for line in r["headline"])
+    assert r["table"] and all(line.startswith("|") for line in r["table"])
