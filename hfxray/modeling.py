@@ -429,7 +429,9 @@ def load_model(model_dir_or_id: str | os.PathLike) -> tuple[PreTrainedModel, Any
         if not hub_reachable() and not _in_hf_cache(name):
             raise ModelUnavailableError(_unavailable_message(name))
     source = str(local) if local.is_dir() else name
-    model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True)
+    # float32 explicitly: the bundled model is stored in fp16 to keep the repository small, and
+    # transformers 5 would otherwise keep the checkpoint's dtype (slow or unsupported on CPU).
+    model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True, dtype=torch.float32)
     model.eval()
     try:
         processor = load_processor(source)
