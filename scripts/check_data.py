@@ -8,20 +8,25 @@ when it could not run (missing folder, wrong layout, ...). The logic is `hfxray.
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+# This folder holds scripts/evaluate.py, which would shadow the `evaluate` library: keep it off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from hfxray.cli import fail
+import json  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from hfxray.cli import fail  # noqa: E402
 
 
 @dataclass
 class CheckDataArguments:
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder with one sub-folder of images per class (or give it positionally)."}
+        default=None,
+        metadata={"help": "Folder with one sub-folder of images per class (or give it positionally)."},
     )
     test_dir: str | None = field(
         default=None, metadata={"help": "A test folder to check for images shared with DATA_DIR (leakage)."}

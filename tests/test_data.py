@@ -172,7 +172,9 @@ def test_quarantine_moves_logs_and_never_overwrites(messy_folder: Path) -> None:
     assert qdir == top / "quarantine"
     assert all(not Path(b.path).exists() for b in bad)
     assert (qdir / "Normal" / "notes.txt").read_text() == "not an image"
-    assert (qdir / "Covid" / "corrupt.png").read_bytes() == contents[str(messy_folder / "Covid" / "corrupt.png")]
+    assert (qdir / "Covid" / "corrupt.png").read_bytes() == contents[
+        str(messy_folder / "Covid" / "corrupt.png")
+    ]
     with open(qdir / data.QUARANTINE_LOG, newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["original_path"] for r in rows} == set(contents)
@@ -393,7 +395,10 @@ def test_check_data_names_duplicates_in_the_shared_data(shared_data: Path, tmp_p
     assert any("Normal/019.jpeg" in line and "Normal/020.jpeg" in line for line in lines), result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert sum(report["counts"].values()) + len(report["bad_files"]) == 251
-    groups = [sorted(Path(m).relative_to(shared_data).as_posix() for m in g["members"]) for g in report["duplicates"]]
+    groups = [
+        sorted(Path(m).relative_to(shared_data).as_posix() for m in g["members"])
+        for g in report["duplicates"]
+    ]
     assert ["Normal/019.jpeg", "Normal/020.jpeg"] in groups
 
 
@@ -434,6 +439,9 @@ def test_shared_data_split_keeps_known_copies_together(shared_dataset, shared_da
     assert bad == [] and ds.features["label"].names == ["Covid", "Normal", "Viral Pneumonia"]
     splits = data.split_dataset(ds)
     val = {Path(p).relative_to(shared_data).as_posix() for p in splits["validation"]["path"]}
-    for pair in (("Normal/019.jpeg", "Normal/020.jpeg"), ("Viral Pneumonia/019.jpeg", "Viral Pneumonia/020.jpeg")):
+    for pair in (
+        ("Normal/019.jpeg", "Normal/020.jpeg"),
+        ("Viral Pneumonia/019.jpeg", "Viral Pneumonia/020.jpeg"),
+    ):
         assert (pair[0] in val) == (pair[1] in val)
     assert len(splits["train"]) + len(splits["validation"]) == len(ds) == 251
