@@ -9,6 +9,7 @@ preprocessing path (the directory's saved ``ViTImageProcessor``), so they see id
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -36,7 +37,8 @@ Backend = Literal["auto", "onnx", "torch"]
 
 @dataclass
 class PredictionRow:
-    """One file's outcome. ``error`` is set (and ``predicted`` is None) when the file could not be used."""
+    """One file's outcome. ``error`` is set (and ``predicted`` is None) when the file could not be used;
+    ``predicted`` is also None when the input gate abstained (``probs`` and ``warning`` are then set)."""
 
     path: str
     predicted: str | None
@@ -46,7 +48,13 @@ class PredictionRow:
 
     @property
     def ok(self) -> bool:
+        """The file was read and has probabilities."""
         return self.error is None
+
+    @property
+    def abstained(self) -> bool:
+        """Read, but the input gate refused to name a class (reasons in ``warning``)."""
+        return self.ok and self.predicted is None
 
 
 def physical_cores() -> int:
@@ -121,16 +129,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def input_warning(image: Image.Image, image_size: int) -> str | None:
-    """Plausibility note on a decoded image; the prediction is still made, the user is told.
-
-    (No colour check: real radiographs in the shared data are often tinted JPEGs.)
-    """
-    if min(image.size) < image_size:
-        return f"image is small ({image.width}x{image.height}), upscaled to {image_size}"
-    return None
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -254,7 +252,7 @@ class Predictor:
         probe = np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
         if self.backend == "onnx":
             shape = self.session.get_outputs()[0].shape
-            n = shape[-1] if isinstance(shape[-1], int) else self._forward(probe).shape[-1]
+            n = shape[-1] if isinstance(shape[-1], int) else self._forward(probe)[0].shape[-1]
         else:
             n = self.model.config.num_labels
         if n != len(self.classes):
@@ -266,14 +264,30 @@ class Predictor:
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         return np.asarray(self.processor(images=rgb, return_tensors="np")["pixel_values"], dtype=np.float32)
 
-    def _forward(self, pixel_values: np.ndarray) -> np.ndarray:
+    def _forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, penultimate features or None) from one forward pass; the features feed the input gate."""
         if self.backend == "onnx":
-            return self.session.run(None, {self._input_name: pixel_values})[0]
+            outputs = self.session.run(None, {self._input_name: pixel_values})
+            return outputs[0], (outputs[1] if len(outputs) > 1 else None)  # older exports: logits only
         import torch
 
-        with self._torch_threads(), torch.inference_mode():
-            logits = self.model(pixel_values=torch.from_numpy(pixel_values)).logits
-        return logits.float().numpy()
+        from hfxray.modeling import classifier_module
+
+        captured: list[torch.Tensor] = []
+        try:
+            handle = classifier_module(self.model).register_forward_pre_hook(
+                lambda _m, inputs: captured.append(inputs[0].flatten(1))
+            )
+        except TypeError:  # no plain Linear head: no features, the gate skips its feature check
+            handle = None
+        try:
+            with self._torch_threads(), torch.inference_mode():
+                logits = self.model(pixel_values=torch.from_numpy(pixel_values)).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        features = captured[-1].float().numpy() if captured else None
+        return logits.float().numpy(), features
 
     @contextlib.contextmanager
     def _torch_threads(self) -> Iterator[None]:
@@ -294,7 +308,7 @@ class Predictor:
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
         out = np.empty((len(pixel_values), len(self.classes)), dtype=np.float32)
         for sl in _batches(len(pixel_values), batch_size):
-            out[sl] = self._forward(pixel_values[sl])
+            out[sl] = self._forward(pixel_values[sl])[0]
         return out
 
     def predict_logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
@@ -302,7 +316,7 @@ class Predictor:
         images = list(images)
         out = np.empty((len(images), len(self.classes)), dtype=np.float32)
         for sl in _batches(len(images), batch_size):
-            out[sl] = self._forward(self.preprocess(images[sl]))
+            out[sl] = self._forward(self.preprocess(images[sl]))[0]
         return out
 
     def predict_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
@@ -310,43 +324,45 @@ class Predictor:
         return softmax(self.predict_logits(images, batch_size=batch_size))
 
     # ---------------------------------------------------------------- input gate
-    def _gate_pixels(self, pixel_values: np.ndarray) -> list[str | None] | None:
-        """Delegates to the optional ``hfxray.gate`` module when the model dir carries gate statistics."""
-        stats = self.metadata.get("gate")
-        if not stats:
-            return None
-        try:
-            from hfxray import gate
-        except ImportError:
-            return None
-        return list(gate.gate_warnings(self, pixel_values, stats))
+    @functools.cached_property
+    def gate(self) -> Any:
+        """The model directory's :class:`hfxray.gate.InputGate` (colour/size checks; feature distance
+        when ``hfxray.json`` has gate statistics), built once."""
+        from hfxray.gate import InputGate
+
+        return InputGate(
+            self.metadata.get("gate"), model=None, processor=self.processor, image_size=self.image_size
+        )
+
+    def _gate_rows(self, images: Sequence[Image.Image], features: np.ndarray | None) -> list[Any]:
+        return [
+            self.gate.check(im, features=None if features is None else features[i])
+            for i, im in enumerate(images)
+        ]
 
     def gate_warnings(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[str | None] | None:
-        """Per-image input-gate warning (None = looks in-distribution), or None when there is no gate."""
+        """Per image: the gate's reasons to abstain, or None when it passes. None when the model has no
+        gate statistics (then only the generic checks could run, see ``predict_paths``)."""
         if not self.metadata.get("gate"):
             return None
         images = list(images)
         out: list[str | None] = []
         for sl in _batches(len(images), batch_size):
-            warnings = self._gate_pixels(self.preprocess(images[sl]))
-            if warnings is None:
-                return None
-            out.extend(warnings)
+            _, features = self._forward(self.preprocess(images[sl]))
+            out += [None if r.ok else "; ".join(r.warnings) for r in self._gate_rows(images[sl], features)]
         return out
 
     # ---------------------------------------------------------------- files
-    def _decode_one(self, path: str) -> tuple[np.ndarray | None, str | None, str | None]:
-        """(pixel_values (3,S,S) | None, warning, error). Preprocessing here keeps only S x S arrays in
-        memory, never a batch of full-size radiographs."""
+    def _decode_one(self, path: str) -> tuple[Image.Image | None, str | None]:
+        """(image reduced for the model's input size | None, error)."""
         from hfxray.images import ImageReadError, load_image
 
         try:
-            image = load_image(path, draft_size=self.image_size)
+            return load_image(path, draft_size=self.image_size), None
         except ImageReadError as e:
-            return None, None, str(e)
+            return None, str(e)
         except OSError as e:  # missing file, permission denied: report, keep going
-            return None, None, f"cannot read file: {e.strerror or e}"
-        return self.preprocess([image])[0], input_warning(image, self.image_size), None
+            return None, f"cannot read {path}: {e.strerror or e}"
 
     def predict_paths(
         self,
@@ -367,33 +383,23 @@ class Predictor:
             for sl in _batches(len(paths), batch_size):
                 chunk = paths[sl]
                 decoded = list(pool.map(self._decode_one, chunk))
-                good = [i for i, (pv, _, _) in enumerate(decoded) if pv is not None]
-                prob_of: dict[int, np.ndarray] = {}
-                gate_of: dict[int, str | None] = {}
+                good = [i for i, (image, _) in enumerate(decoded) if image is not None]
+                done: dict[int, PredictionRow] = {}
                 if good:
-                    batch = np.stack([decoded[i][0] for i in good])
-                    prob_of = dict(
-                        zip(
-                            good,
-                            softmax(self.predict_pixel_values(batch, batch_size=len(batch))),
-                            strict=True,
-                        )
-                    )
-                    gated = self._gate_pixels(batch)
-                    if gated is not None:
-                        gate_of = dict(zip(good, gated, strict=True))
-                for i, (path, (_, warning, error)) in enumerate(zip(chunk, decoded, strict=True)):
-                    if error is not None:
-                        rows.append(PredictionRow(path=path, predicted=None, probs={}, error=error))
-                        continue
-                    p = prob_of[i]
-                    rows.append(
-                        PredictionRow(
-                            path=path,
-                            predicted=self.classes[int(np.argmax(p))],
+                    images = [decoded[i][0] for i in good]
+                    logits, features = self._forward(self.preprocess(images))
+                    verdicts = self._gate_rows(images, features)
+                    for i, p, verdict in zip(good, softmax(logits), verdicts, strict=True):
+                        done[i] = PredictionRow(
+                            path=chunk[i],
+                            # the gate abstains: no class, but the probabilities stay visible
+                            predicted=self.classes[int(np.argmax(p))] if verdict.ok else None,
                             probs={c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                            warning="; ".join(w for w in (warning, gate_of.get(i)) if w) or None,
+                            warning="; ".join(verdict.warnings) or None,
                         )
+                for i, (path, (_, error)) in enumerate(zip(chunk, decoded, strict=True)):
+                    rows.append(
+                        done.get(i) or PredictionRow(path=path, predicted=None, probs={}, error=error)
                     )
                 if progress is not None:
                     progress(len(chunk))

@@ -1,7 +1,8 @@
 """Export a saved model directory to ONNX (``model.onnx`` beside the weights) and verify it.
 
 The graph takes ``pixel_values`` (batch, 3, S, S) float32 - exactly what the saved image processor
-produces - and returns ``logits`` (batch, C), so ONNX Runtime and PyTorch share one preprocessing.
+produces - and returns ``logits`` (batch, C) and the penultimate ``features`` (batch, D) for the
+input gate, so ONNX Runtime and PyTorch share one preprocessing.
 The file is only put in place after ONNX Runtime has reproduced PyTorch's probabilities on the
 verification images, and it records the sha256 of the weights it came from so that
 :class:`hfxray.inference.Predictor` can refuse a stale export.
@@ -35,6 +36,7 @@ from hfxray.inference import (
     read_model_metadata,
     softmax,
 )
+from hfxray.modeling import classifier_module, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +77,30 @@ def max_prob_difference(session, model, pixel_values: np.ndarray, batch_size: in
     worst = 0.0
     for start in range(0, len(pixel_values), batch_size):
         batch = np.ascontiguousarray(pixel_values[start : start + batch_size], dtype=np.float32)
-        ort_logits = session.run(None, {input_name: batch})[0]
+        ort_logits = session.run(["logits"], {input_name: batch})[0]
         with torch.inference_mode():
             torch_logits = model(pixel_values=torch.from_numpy(batch)).logits.float().numpy()
         worst = max(worst, float(np.abs(softmax(ort_logits) - softmax(torch_logits)).max()))
     return worst
 
 
-class _LogitsOnly(torch.nn.Module):
-    """One tensor in, one tensor out: the traced graph then has plain ``pixel_values`` -> ``logits``."""
+class _LogitsAndFeatures(torch.nn.Module):
+    """Plain tensors out: ``logits`` and the penultimate ``features`` (the classifier's input, which the
+    input gate measures), both from the one forward pass."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
         self.inner = inner
+        self.head = classifier_module(inner)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.inner(pixel_values=pixel_values).logits
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].flatten(1)))
+        try:
+            logits = self.inner(pixel_values=pixel_values).logits
+        finally:
+            handle.remove()
+        return logits, captured[-1]
 
 
 def export_onnx(
@@ -107,8 +117,6 @@ def export_onnx(
     raised and any existing ``model.onnx`` is left untouched. The measured difference is logged and
     stored in the file's metadata (see :func:`onnx_metadata`).
     """
-    from hfxray.modeling import load_model
-
     model_dir = Path(model_dir)
     model, processor = load_model(model_dir)
     model.eval()
@@ -128,13 +136,13 @@ def export_onnx(
                 "ignore", DeprecationWarning
             )  # the TorchScript exporter notice; see module doc
             torch.onnx.export(
-                _LogitsOnly(model).eval(),
+                _LogitsAndFeatures(model).eval(),
                 (dummy,),
                 str(traced_path),
                 dynamo=False,
                 input_names=["pixel_values"],
-                output_names=["logits"],
-                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=["logits", "features"],
+                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
                 opset_version=opset,
                 do_constant_folding=True,
             )

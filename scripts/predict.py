@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     counts = Counter(r.predicted for r in ok)
     per_class = ", ".join(f"{c} {counts.get(c, 0)}" for c in predictor.classes)
-    n_warn = sum(1 for r in ok if r.warning)
+    n_abstained = sum(1 for r in ok if r.abstained)
     print(
-        f"predicted {len(ok)}/{len(rows)} files ({per_class}); {len(rows) - len(ok)} unreadable, "
-        f"{n_warn} with warnings, {skipped} non-image files skipped; backend {predictor.backend}"
+        f"predicted {len(ok)}/{len(rows)} files ({per_class}, input gate abstained on {n_abstained}); "
+        f"{len(rows) - len(ok)} unreadable, {skipped} non-image files skipped; backend {predictor.backend}"
     )
     print(f"probabilities for every file: {output}")
     print(DISCLAIMER)

@@ -214,3 +214,23 @@ def test_predict_script_exit_1_when_nothing_readable(tiny_model_dir, tmp_path):
 def test_predict_script_bad_arguments_exit_2(tiny_model_dir, tmp_path):
     result = _run_predict(tmp_path, "--model", tiny_model_dir, "--backend", "gpu", cwd=tmp_path)
     assert result.returncode == 2
+
+
+def test_gate_abstains_on_a_colour_picture_but_keeps_probabilities(predictor, shared_data, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photo = np.zeros((300, 400, 3), dtype=np.uint8)
+    photo[:, :200] = (220, 40, 40)  # red and blue halves: two distinct hues, never a radiograph
+    photo[:, 200:] = (40, 60, 220)
+    photo = np.clip(photo + rng.normal(0, 10, photo.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    real = _radiograph_paths(shared_data, per_class=1)[0]
+
+    photo_row, real_row = predictor.predict_paths([tmp_path / "photo.png", real])
+
+    assert photo_row.ok and photo_row.abstained and photo_row.predicted is None
+    assert "colour" in photo_row.warning
+    assert abs(sum(photo_row.probs.values()) - 1) < 1e-9
+    assert not real_row.abstained and real_row.predicted in predictor.classes
+    assert predictor.gate_warnings([load_image(real)]) is None  # no gate statistics in this model dir
