@@ -66,7 +66,7 @@ class Mode:
     side_timeout_s: int
 
 
-QUICK = Mode("quick", warmup=1, iters=3, repeats=1, batch_per_class=2, train_per_class=5, matmul_reps=3,
+QUICK = Mode("quick", warmup=1, iters=3, repeats=1, batch_per_class=2, train_per_class=8, matmul_reps=3,
              side_timeout_s=600)
 FULL = Mode("full", warmup=3, iters=30, repeats=2, batch_per_class=None, train_per_class=None, matmul_reps=10,
             side_timeout_s=3600)

@@ -30,6 +30,7 @@ def _positive(value) -> bool:
 def _load_run_module():
     spec = importlib.util.spec_from_file_location("hfxray_benchmarks_run", RUN)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
