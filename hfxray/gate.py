@@ -300,7 +300,9 @@ class InputGate:
             notes.append(NO_STATS_WARNING)
         else:
             if features is None and self.model is not None and self.processor is not None:
-                pixel_values = self.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+                pixel_values = self.processor(images=[image.convert("RGB")], return_tensors="pt")[
+                    "pixel_values"
+                ]
                 features = extract_features(self.model, pixel_values)
             if features is None:
                 notes.append("feature-space check skipped: no model features given")

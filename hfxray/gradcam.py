@@ -36,6 +36,7 @@ class CamOutput:
     """One forward/backward pass: heatmaps plus what the same pass computed on the way."""
 
     cams: np.ndarray  # (N, H, W) float32 in [0, 1], H x W = the model input size
+    logits: np.ndarray  # (N, C)
     probs: np.ndarray  # (N, C) softmax of the logits
     features: np.ndarray  # (N, D) penultimate (pre-classifier) features
     target_classes: list[int]
@@ -65,7 +66,12 @@ def find_target_layer(model: torch.nn.Module, pixel_values: torch.Tensor) -> tor
     seen: list[torch.nn.Module] = []
 
     def hook(module, _inputs, output):
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] > 1 and output.shape[-2] > 1:
+        if (
+            isinstance(output, torch.Tensor)
+            and output.ndim == 4
+            and output.shape[-1] > 1
+            and output.shape[-2] > 1
+        ):
             seen.append(module)
 
     handles = [m.register_forward_hook(hook) for m in root.modules() if m is not root]
@@ -130,6 +136,7 @@ def explain(
     chosen = [int(c) for c in probs.argmax(-1)] if target_class is None else classes
     return CamOutput(
         cams=np.clip(np.asarray(cams, dtype=np.float32), 0.0, 1.0),
+        logits=logits.float().numpy(),
         probs=probs,
         features=captured[-1].float().numpy() if captured else np.empty((n, 0), np.float32),
         target_classes=chosen,

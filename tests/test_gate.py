@@ -31,7 +31,11 @@ def text_page() -> Image.Image:
     page = Image.new("RGB", (850, 1100), "white")
     draw = ImageDraw.Draw(page)
     for i in range(40):
-        draw.text((60, 60 + i * 24), f"{i:02d} Lorem ipsum dolor sit amet, consectetur adipiscing elit.", fill="black")
+        draw.text(
+            (60, 60 + i * 24),
+            f"{i:02d} Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+            fill="black",
+        )
     return page
 
 

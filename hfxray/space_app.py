@@ -1,0 +1,505 @@
+"""The Gradio Space: upload chest X-rays, get probabilities, a Grad-CAM heatmap and input warnings.
+
+All logic lives here; ``space/app.py`` only calls :func:`main`. Design choices:
+
+* One model pass per image: :func:`hfxray.gradcam.explain` returns the probabilities, the heatmap
+  and the penultimate features (for the input gate) of the same forward/backward pass, on the
+  model directory's own preprocessing (``Predictor.preprocess``) and decoder (``load_image`` with
+  ``draft_size``), so the Space agrees with ``scripts/predict.py``.
+* The input gate (:mod:`hfxray.gate`) runs before an answer is shown; when it abstains the user
+  sees "outside what this model has seen", the reasons, and no class probabilities.
+* Offline: analytics off (``GRADIO_ANALYTICS_ENABLED=False`` and ``analytics_enabled=False``), a
+  theme with system fonts only, no SSR/node server, no share link, no examples from patient data.
+* Privacy: uploads are read once and deleted from Gradio's cache right after; outputs are purged
+  by ``delete_cache``; logs carry counts and timings only, never file names or DICOM fields.
+* Limits: ``queue(default_concurrency_limit=2, max_size=64)`` so bursts wait instead of
+  exhausting memory; at most :data:`MAX_FILES` files per batch; Gradio refuses uploads above
+  ``images.MAX_BYTES``; ``load_image`` refuses bombs, truncated, empty and non-image files with a
+  one-line reason that the user sees instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from hfxray import DISCLAIMER, __version__
+from hfxray.gate import InputGate
+from hfxray.gradcam import explain, find_target_layer, overlay
+from hfxray.images import MAX_BYTES, ImageReadError, load_image
+from hfxray.inference import Predictor, softmax
+
+logger = logging.getLogger(__name__)
+
+MAX_FILES = 32
+DISPLAY_SIZE = 512
+ABSTAIN_TEXT = "Outside what this model has seen"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+CSV_KEEP_SECONDS = 3600
+STATE_TTL_SECONDS = 900  # per-session results (display-size images) are dropped after this
+ENV_MODEL, ENV_HOST, ENV_PORT, ENV_AUTH = "HFXRAY_MODEL", "HFXRAY_HOST", "HFXRAY_PORT", "HFXRAY_AUTH"
+
+
+@dataclass
+class FileResult:
+    """What the Space shows for one uploaded file."""
+
+    name: str
+    probs: dict[str, float] = field(default_factory=dict)
+    predicted: str | None = None  # a class name; None when abstained or unreadable
+    warnings: list[str] = field(default_factory=list)
+    abstained: bool = False
+    error: str | None = None
+    distance: float | None = None
+    image: Image.Image | None = None  # display-size original
+    heatmap: Image.Image | None = None  # display-size Grad-CAM overlay
+
+    @property
+    def headline(self) -> str:
+        if self.error:
+            return "No result: the file could not be read"
+        if self.abstained:
+            return ABSTAIN_TEXT
+        return f"{self.predicted} ({self.probs[self.predicted]:.0%})"
+
+    def label_value(self) -> dict[str, float] | str | None:
+        """gr.Label value: probabilities only when the model answers."""
+        if self.error:
+            return None
+        return ABSTAIN_TEXT if self.abstained else dict(self.probs)
+
+    def markdown(self) -> str:
+        text = f"### {self.headline}\n"
+        if self.error:
+            text += f"\n{self.error}\n"
+        elif self.abstained:
+            text += "\nThe model gives no class for this input. Reasons:\n"
+        text += f"\n*{DISCLAIMER}*"
+        return text
+
+    def warnings_text(self) -> str:
+        lines = ([self.error] if self.error else []) + self.warnings
+        return "\n".join(f"- {w}" for w in lines) if lines else "None"
+
+
+def _display(image: Image.Image) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.BILINEAR)
+    return image
+
+
+class XrayService:
+    """The model, its gate and Grad-CAM layer, loaded once and shared by all requests.
+
+    Grad-CAM hooks the model for the duration of a pass, so passes are serialised with a lock
+    (decoding and drawing of other requests still run in parallel).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None) -> None:
+        source = model if model is not None else os.environ.get(ENV_MODEL) or None
+        # torch backend: Grad-CAM needs gradients, and one pass gives probabilities + heatmap.
+        self.predictor = Predictor.from_pretrained(source, backend="torch")
+        self.model = self.predictor.model
+        self.classes = list(self.predictor.classes)
+        self.image_size = int(self.predictor.image_size)
+        self.gate = InputGate.from_model_dir(self.predictor.model_dir, self.model, self.predictor.processor)
+        self.layer = find_target_layer(self.model, torch.zeros(1, 3, self.image_size, self.image_size))
+        self._lock = threading.Lock()
+        self._csv_dir = Path(tempfile.mkdtemp(prefix="hfxray-space-csv-"))
+
+    @property
+    def model_name(self) -> str:
+        return self.predictor.model_dir.name
+
+    def analyse_image(self, image: Image.Image, name: str) -> FileResult:
+        pixel_values = torch.from_numpy(self.predictor.preprocess([image]))
+        with self._lock:
+            out = explain(self.model, pixel_values, layer=self.layer)
+        # the Predictor's float64 softmax, so the numbers match scripts/predict.py's CSV
+        probs = {c: float(p) for c, p in zip(self.classes, softmax(out.logits)[0], strict=True)}
+        gate = self.gate.check(image, features=out.features[0])
+        shown = _display(image)
+        result = FileResult(
+            name=name,
+            warnings=list(gate.warnings),
+            abstained=not gate.ok,
+            distance=gate.distance,
+            image=shown,
+            heatmap=overlay(shown, out.cams[0]),
+        )
+        if gate.ok:
+            result.probs = probs
+            result.predicted = max(probs, key=probs.get)
+        return result
+
+    def analyse_path(self, path: str | os.PathLike, name: str | None = None) -> FileResult:
+        """Decode, analyse; errors become a result with a one-line reason, never an exception."""
+        path = os.fspath(path)
+        name = name or Path(path).name
+        try:
+            image = load_image(path, draft_size=self.image_size)
+        except ImageReadError as e:
+            message = str(e).replace(repr(path), repr(name)).replace(path, name)
+            return FileResult(name=name, error=message)
+        except OSError as e:
+            return FileResult(name=name, error=f"cannot read {name!r}: {e.strerror or type(e).__name__}")
+        try:
+            return self.analyse_image(image, name)
+        except Exception:  # a model failure must not show a stack trace to the user
+            logger.exception("analysis failed")  # the traceback has no file name or DICOM field
+            return FileResult(name=name, error=f"{name!r}: the model could not process this image")
+
+    def write_csv(self, results: Sequence[FileResult]) -> Path:
+        """A CSV of the batch (file, predicted, one probability column per class, warnings)."""
+        self._purge_old_csv()
+        folder = self._csv_dir / uuid.uuid4().hex
+        folder.mkdir()
+        path = folder / "hfxray_predictions.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "predicted", *[f"p_{c}" for c in self.classes], "warning", "disclaimer"])
+            for r in results:
+                predicted = r.predicted or ("unreadable" if r.error else ABSTAIN_TEXT.lower())
+                probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in self.classes]
+                warning = "; ".join(([r.error] if r.error else []) + r.warnings)
+                writer.writerow([r.name, predicted, *probs, warning, DISCLAIMER])
+        return path
+
+    def _purge_old_csv(self) -> None:
+        cutoff = time.time() - CSV_KEEP_SECONDS
+        for folder in self._csv_dir.iterdir():
+            if folder.stat().st_mtime < cutoff:
+                for f in folder.iterdir():
+                    f.unlink(missing_ok=True)
+                folder.rmdir()
+
+
+def _uploaded_paths(files: Any) -> list[str]:
+    if files is None:
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    return [os.fspath(getattr(f, "name", f)) for f in files]
+
+
+def _forget_upload(path: str, cache_dir: str) -> None:
+    """Delete an uploaded file (and its per-upload folder) from Gradio's cache once it is read.
+
+    Only files inside the cache are touched: a path given by a Python caller is never deleted.
+    """
+    try:
+        p, cache = Path(path).resolve(), Path(cache_dir).resolve()
+        if cache in p.parents:
+            p.unlink(missing_ok=True)
+            if p.parent != cache and not any(p.parent.iterdir()):
+                p.parent.rmdir()
+    except OSError:
+        logger.warning("could not delete an uploaded file from the cache")
+
+
+def build_demo(model: str | os.PathLike | XrayService | None = None):
+    """The Space as a ``gr.Blocks`` (queue already configured). ``model``: a model directory or Hub
+    id, an ``XrayService``, or None for ``$HFXRAY_MODEL`` / the bundled default model."""
+    service = model if isinstance(model, XrayService) else XrayService(model)
+    no_result = ("No file", None)
+
+    with gr.Blocks(
+        analytics_enabled=False,
+        title="hfxray - chest X-ray research demo",
+        delete_cache=(300, 900),  # every 5 min, drop outputs older than 15 min
+    ) as demo:
+        cache_dir = demo.GRADIO_CACHE
+
+        def analyse_one(path: str, name: str | None = None) -> FileResult:
+            try:
+                return service.analyse_path(path, name)
+            finally:
+                _forget_upload(path, cache_dir)
+
+        gr.Markdown(
+            "# hfxray: chest X-ray classifier (Covid / Normal / Viral Pneumonia)\n"
+            f"Model: `{service.model_name}` · hfxray {__version__} · files: PNG, JPEG, BMP, TIFF or DICOM."
+        )
+        gr.Markdown(f"**{DISCLAIMER}**", elem_id="disclaimer")
+
+        with gr.Tab("One image", id="single"):
+            with gr.Row():
+                with gr.Column():
+                    single_file = gr.File(label="Chest X-ray (PNG, JPEG, DICOM ...)", file_count="single")
+                    single_button = gr.Button("Analyse", variant="primary")
+                    single_heat = gr.Checkbox(value=True, label="Show Grad-CAM heatmap")
+                with gr.Column():
+                    single_image = gr.Image(label="Image", type="pil", format="png", interactive=False)
+                    single_label = gr.Label(label="Class probabilities", num_top_classes=len(service.classes))
+                    single_text = gr.Markdown(label="Result", elem_id="single-result")
+                    single_warn = gr.Textbox(label="Warnings", interactive=False, lines=2)
+            single_state = gr.State(time_to_live=STATE_TTL_SECONDS)
+
+        with gr.Tab("Several images", id="batch"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    batch_files = gr.File(label=f"Chest X-rays (up to {MAX_FILES})", file_count="multiple")
+                    batch_button = gr.Button("Analyse all", variant="primary")
+                    batch_heat = gr.Checkbox(value=True, label="Show Grad-CAM heatmaps")
+                    batch_csv = gr.File(label="Download results (CSV)", interactive=False)
+                with gr.Column(scale=2):
+                    batch_gallery = gr.Gallery(
+                        label="Images (select one for details)", columns=3, format="png", interactive=False
+                    )
+                    batch_label = gr.Label(label="Class probabilities", num_top_classes=len(service.classes))
+                    batch_text = gr.Markdown(label="Result", elem_id="batch-result")
+                    batch_warn = gr.Textbox(label="Warnings", interactive=False, lines=2)
+            batch_table = gr.Dataframe(
+                headers=["file", "result", *service.classes, "warnings"], label="All files", interactive=False
+            )
+            batch_state = gr.State([], time_to_live=STATE_TTL_SECONDS)
+
+        def predict(file: str | None) -> tuple[Any, Any, str, str, Any]:
+            """One file in; label confidences, heatmap image, result text and warnings out."""
+            paths = _uploaded_paths(file)
+            if not paths:
+                return (
+                    None,
+                    None,
+                    f"### {no_result[0]}\n\n*{DISCLAIMER}*",
+                    "Upload a chest X-ray first.",
+                    None,
+                )
+            result = analyse_one(paths[0])
+            logger.info(
+                "single: %s", "error" if result.error else "abstained" if result.abstained else "answered"
+            )
+            return result.label_value(), result.heatmap, result.markdown(), result.warnings_text(), result
+
+        def toggle_single(show_heat: bool, result: FileResult | None) -> Any:
+            if result is None or result.image is None:
+                return None
+            return result.heatmap if show_heat else result.image
+
+        single_button.click(
+            predict,
+            inputs=single_file,
+            outputs=[single_label, single_image, single_text, single_warn, single_state],
+            api_name="predict",
+        ).then(toggle_single, [single_heat, single_state], single_image, api_visibility="private")
+        single_heat.change(toggle_single, [single_heat, single_state], single_image, api_visibility="private")
+
+        def gallery_items(results: list[FileResult], show_heat: bool) -> list[tuple[Image.Image, str]]:
+            return [
+                ((r.heatmap if show_heat else r.image), f"{r.name}: {r.headline}")
+                for r in results
+                if r.image is not None
+            ]
+
+        def details(results: list[FileResult], index: int) -> tuple[Any, str, str]:
+            if not results:
+                return None, "", ""
+            r = results[min(max(index, 0), len(results) - 1)]
+            return r.label_value(), f"**{r.name}**\n\n" + r.markdown(), r.warnings_text()
+
+        def predict_batch(files: Any, show_heat: bool):
+            """Several files in; gallery, details of the first, a table and a CSV out."""
+            paths = _uploaded_paths(files)
+            if not paths:
+                return (
+                    [],
+                    None,
+                    f"### {no_result[0]}\n\n*{DISCLAIMER}*",
+                    "Upload chest X-rays first.",
+                    [],
+                    None,
+                    [],
+                )
+            skipped = paths[MAX_FILES:]
+            for extra in skipped:
+                _forget_upload(extra, cache_dir)
+            start = time.perf_counter()
+            results = [analyse_one(p) for p in paths[:MAX_FILES]]
+            if skipped:
+                results[0].warnings.append(
+                    f"only the first {MAX_FILES} files were analysed; {len(skipped)} more were not "
+                    "(upload them as another batch)"
+                )
+            logger.info(
+                "batch: %d files in %.1fs (%d abstained, %d unreadable)",
+                len(results),
+                time.perf_counter() - start,
+                sum(r.abstained for r in results),
+                sum(r.error is not None for r in results),
+            )
+            table = [
+                [
+                    r.name,
+                    r.headline,
+                    *[round(r.probs[c], 4) if r.probs else None for c in service.classes],
+                    "; ".join(([r.error] if r.error else []) + r.warnings),
+                ]
+                for r in results
+            ]
+            label, text, warn = details(results, 0)
+            # the list of results is in gr.State; the gallery shows only files that decoded
+            return (
+                gallery_items(results, show_heat),
+                label,
+                text,
+                warn,
+                table,
+                str(service.write_csv(results)),
+                results,
+            )
+
+        batch_button.click(
+            predict_batch,
+            inputs=[batch_files, batch_heat],
+            outputs=[batch_gallery, batch_label, batch_text, batch_warn, batch_table, batch_csv, batch_state],
+            api_name="predict_batch",
+        )
+        batch_heat.change(
+            lambda results, show: gallery_items(results or [], show),
+            [batch_state, batch_heat],
+            batch_gallery,
+            api_visibility="private",
+        )
+
+        def on_select(results: list[FileResult], evt: gr.SelectData):
+            shown = [r for r in results or [] if r.image is not None]
+            if not shown:
+                return None, "", ""
+            picked = shown[min(evt.index, len(shown) - 1)]
+            return details(results, results.index(picked))
+
+        batch_gallery.select(
+            on_select, batch_state, [batch_label, batch_text, batch_warn], api_visibility="private"
+        )
+
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    return demo
+
+
+def _theme():
+    # system fonts only: the default theme is local too, but this leaves nothing to fetch at all
+    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
+
+
+def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
+    """``"user:pass"`` or ``"u1:p1,u2:p2"`` -> Gradio ``auth`` list; empty/None -> no login."""
+    if not value:
+        return None
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"{ENV_AUTH} must look like 'user:password[,user2:password2]'")
+        pairs.append((user, password))
+    return pairs
+
+
+def launch_kwargs(host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """Arguments for ``demo.launch``: loopback unless told otherwise, offline, bounded uploads."""
+    host = host or os.environ.get(ENV_HOST) or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
+    port = port or int(os.environ.get(ENV_PORT) or os.environ.get("GRADIO_SERVER_PORT") or DEFAULT_PORT)
+    return {
+        "server_name": host,
+        "server_port": port,
+        "auth": parse_auth(os.environ.get(ENV_AUTH)),
+        "auth_message": "hfxray research demo: log in with the credentials from HFXRAY_AUTH",
+        "share": False,
+        "ssr_mode": False,
+        "pwa": False,
+        "mcp_server": False,
+        "show_error": False,  # errors are shown as our own one-line messages, never tracebacks
+        "max_file_size": MAX_BYTES,
+        "theme": _theme(),
+        "footer_links": ["api"],
+        "state_session_capacity": 256,  # bounds the memory that per-session results can hold
+    }
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_server(
+    model: str | os.PathLike | None = None,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    log_path: str | os.PathLike | None = None,
+    timeout: float = 180.0,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``space/app.py``'s :func:`main` in a child process on loopback and wait until it serves.
+
+    For tests and the load benchmark: the real app, real HTTP. Returns (process, url); the caller
+    terminates the process. Its output goes to ``log_path`` (or is discarded).
+    """
+    port = port or free_port()
+    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    args = [sys.executable, "-c", "from hfxray.space_app import main; main()", "--host", DEFAULT_HOST]
+    args += ["--port", str(port)] + (["--model", os.fspath(model)] if model is not None else [])
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(args, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        if log_path:
+            log.close()
+    url = f"http://{DEFAULT_HOST}:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the Space exited with code {proc.returncode} before serving (see {log_path})"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/info", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except urllib.error.HTTPError:  # e.g. 401 with HFXRAY_AUTH set: it is serving
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise TimeoutError(f"the Space did not answer on {url} within {timeout:.0f}s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python space/app.py [--model DIR_OR_HUB_ID] [--host H] [--port P]``."""
+    parser = argparse.ArgumentParser(
+        description="hfxray Gradio Space (research software, not a diagnostic device)"
+    )
+    parser.add_argument(
+        "--model", default=None, help=f"model dir or Hub id (default: ${ENV_MODEL} or the bundled model)"
+    )
+    parser.add_argument("--host", default=None, help=f"bind address (default: ${ENV_HOST} or {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=int, default=None, help=f"port (default: ${ENV_PORT} or {DEFAULT_PORT})"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio.analytics reads it per call
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        demo = build_demo(args.model)
+    except ValueError as e:  # missing model dir, unknown Hub id offline: one line, no traceback
+        parser.exit(2, f"hfxray space: {e}\n")
+    demo.launch(**launch_kwargs(args.host, args.port))
