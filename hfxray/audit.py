@@ -220,6 +220,8 @@ def _masking_verdict(
     block["chance"] = chance
     block["retained"] = None if np.isnan(retained) else float(retained)
     text = f"{name} accuracy {acc:.2f} [{lo:.2f}, {hi:.2f}] vs chance {chance:.2f} (full image {full['accuracy']:.2f})"
+    if full["ci95"][0] <= chance:
+        return "low", text + ": the full-image accuracy is not above chance either, so this check cannot tell"
     if name == "border-only":
         if lo > chance and retained >= RETAINED_HIGH:
             return (
@@ -233,8 +235,7 @@ def _masking_verdict(
                 text + ": above chance - the borders carry some class information the model uses",
             )
         return "low", text + ": near chance - the model needs the central lung region"
-    full_lo = full["ci95"][0]
-    if full_lo > chance and not np.isnan(retained) and retained < RETAINED_HIGH:
+    if not np.isnan(retained) and retained < RETAINED_HIGH:
         return (
             "moderate",
             text + ": most of the accuracy is lost without borders and corners - the model relies on them",
@@ -498,6 +499,11 @@ def run_audit(
         warnings_.append(f"folders not among the model's classes were skipped: {', '.join(skipped)}")
     if bad_files:
         warnings_.append(f"{len(bad_files)} unreadable files skipped")
+    if full["ci95"][0] <= chance:
+        warnings_.append(
+            f"full-image accuracy {full['accuracy']:.2f} is not above chance {chance:.2f} on this folder: "
+            "the masking checks cannot judge a model that does not work here"
+        )
     if n < 30:
         warnings_.append(f"only {n} images: intervals are wide")
 
