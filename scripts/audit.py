@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import HfArgumentParser
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from hfxray.audit import run_audit, write_audit_to_model
     from hfxray.inference import Predictor
 
+    if args.write_to_model and args.model is not None and not Path(args.model).is_dir():
+        # A Hub id resolves to a read-only snapshot in the HF cache: never edit that in place.
+        return fail(f"--write_to_model needs a local model directory, not the Hub id {args.model!r}")
     try:
         predictor = Predictor.from_pretrained(args.model, backend=args.backend)
         with tqdm(desc="audit", unit="image") as bar:
