@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from hfxray.inference import Predictor
 
@@ -59,8 +60,9 @@ def test_saved_directory_format(trained_dir: Path) -> None:
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "hfxray.json", "lr_find.png"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names), names
     assert not [p for p in trained_dir.parent.iterdir() if ".tmp-" in p.name], "temp dir left behind"
-    config = json.loads((trained_dir / "config.json").read_text())
-    assert sorted(config["id2label"].values()) == ["Covid", "Normal", "Viral Pneumonia"]
+    # TimmWrapperConfig writes the labels as `label_names`; transformers rebuilds id2label from them.
+    config = AutoConfig.from_pretrained(trained_dir)
+    assert config.id2label == {0: "Covid", 1: "Normal", 2: "Viral Pneumonia"}
     meta = json.loads((trained_dir / "hfxray.json").read_text())
     assert meta["classes"] == ["Covid", "Normal", "Viral Pneumonia"]
     assert meta["image_size"] == 96
@@ -109,9 +111,10 @@ def test_reloaded_model_is_deterministic_and_evaluates(trained_dir: Path, small_
         assert (report_dir / name).stat().st_size > 0
     # evaluate's predictions agree with the Predictor on the same files
     with (report_dir / "predictions.csv").open() as fh:
-        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+        rows = {Path(r["path"]).resolve(): r for r in csv.DictReader(fh)}
+    assert set(rows) == {f.resolve() for f in files}
     for f, p in zip(files, pa, strict=True):
-        assert abs(float(rows[f.name]["prob_Covid"]) - p[0]) < 1e-4
+        assert abs(float(rows[f.resolve()]["prob_Covid"]) - p[0]) < 1e-4
 
 
 @pytest.mark.slow
