@@ -289,7 +289,7 @@ def summarise(results: dict[str, Any]) -> None:
         ("training_wall_fastai_over_hfxray", "training wall time"),
     ):
         if ratios[key] is not None:
-            headline.append(f"hfxray is {ratios[key]:.1f}x faster than the fastai recipe: {what}")
+            headline.append(f"hfxray is {_times(ratios[key])} than the fastai recipe: {what}")
     if not results["fastai_available"]:
         headline.append("fastai not installed: skipped (pip install -e '.[bench]')")
     for key, what in (
@@ -297,7 +297,7 @@ def summarise(results: dict[str, Any]) -> None:
         ("batch_hfxray_over_pipeline", "batch throughput"),
     ):
         if ratios[key] is not None:
-            headline.append(f"hfxray is {ratios[key]:.1f}x faster than a plain transformers pipeline: {what}")
+            headline.append(f"hfxray is {_times(ratios[key])} than a plain transformers pipeline: {what}")
     acc_h = training.get("hfxray", {}).get("val_accuracy")
     acc_f = training.get("fastai", {}).get("val_accuracy")
     if acc_h is not None and acc_f is not None:
@@ -310,6 +310,11 @@ def summarise(results: dict[str, Any]) -> None:
         "batch_ge_5x_fastai": _le(5.0, ratios["batch_hfxray_over_fastai"]),
         "training_le_180s": _le(train_wall("hfxray"), 180.0),
     }
+
+
+def _times(speedup: float) -> str:
+    """'3.2x faster' or, honestly, '2.0x slower'."""
+    return f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
 
 
 def _le(a: float | None, b: float | None) -> bool | None:
