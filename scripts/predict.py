@@ -12,6 +12,12 @@ file was predicted, 1 when none was, 2 for bad arguments (including an existing 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This folder holds scripts/evaluate.py, which would shadow the `evaluate` library: keep it off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import logging
 import sys
 from collections import Counter

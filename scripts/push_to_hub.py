@@ -11,6 +11,12 @@ local stand-in). Research software, not a diagnostic device.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This folder holds scripts/evaluate.py, which would shadow the `evaluate` library: keep it off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import logging
 import sys
 from dataclasses import dataclass, field
