@@ -93,7 +93,7 @@ class FileResult:
         if self.error:
             text += f"\n{self.error}\n"
         elif self.abstained:
-            text += "\nThe model gives no class for this input. Reasons:\n"
+            text += "\nThe model gives no class for this input; the reasons are under Warnings.\n"
         text += f"\n*{DISCLAIMER}*"
         return text
 
@@ -245,32 +245,69 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
         with gr.Tab("One image", id="single"):
             with gr.Row():
                 with gr.Column():
-                    single_file = gr.File(label="Chest X-ray (PNG, JPEG, DICOM ...)", file_count="single")
-                    single_button = gr.Button("Analyse", variant="primary")
-                    single_heat = gr.Checkbox(value=True, label="Show Grad-CAM heatmap")
+                    single_file = gr.File(
+                        label="Chest X-ray (PNG, JPEG, DICOM ...)", file_count="single", elem_id="single-file"
+                    )
+                    single_button = gr.Button("Analyse", variant="primary", elem_id="single-button")
+                    single_heat = gr.Checkbox(
+                        value=True, label="Show Grad-CAM heatmap", elem_id="single-heat"
+                    )
                 with gr.Column():
-                    single_image = gr.Image(label="Image", type="pil", format="png", interactive=False)
-                    single_label = gr.Label(label="Class probabilities", num_top_classes=len(service.classes))
+                    single_image = gr.Image(
+                        label="Image",
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        elem_id="single-image",
+                        buttons=["download", "fullscreen"],
+                    )
+                    single_label = gr.Label(
+                        label="Class probabilities",
+                        num_top_classes=len(service.classes),
+                        elem_id="single-label",
+                    )
                     single_text = gr.Markdown(label="Result", elem_id="single-result")
-                    single_warn = gr.Textbox(label="Warnings", interactive=False, lines=2)
+                    single_warn = gr.Textbox(
+                        label="Warnings", interactive=False, lines=2, elem_id="single-warnings"
+                    )
             single_state = gr.State(time_to_live=STATE_TTL_SECONDS)
 
         with gr.Tab("Several images", id="batch"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    batch_files = gr.File(label=f"Chest X-rays (up to {MAX_FILES})", file_count="multiple")
-                    batch_button = gr.Button("Analyse all", variant="primary")
-                    batch_heat = gr.Checkbox(value=True, label="Show Grad-CAM heatmaps")
-                    batch_csv = gr.File(label="Download results (CSV)", interactive=False)
+                    batch_files = gr.File(
+                        label=f"Chest X-rays (up to {MAX_FILES})",
+                        file_count="multiple",
+                        elem_id="batch-files",
+                    )
+                    batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-button")
+                    batch_heat = gr.Checkbox(value=True, label="Show Grad-CAM heatmaps", elem_id="batch-heat")
+                    batch_csv = gr.File(
+                        label="Download results (CSV)", interactive=False, elem_id="batch-csv"
+                    )
                 with gr.Column(scale=2):
                     batch_gallery = gr.Gallery(
-                        label="Images (select one for details)", columns=3, format="png", interactive=False
+                        label="Images (select one for details)",
+                        columns=3,
+                        format="png",
+                        interactive=False,
+                        elem_id="batch-gallery",
+                        buttons=["download", "fullscreen"],
                     )
-                    batch_label = gr.Label(label="Class probabilities", num_top_classes=len(service.classes))
+                    batch_label = gr.Label(
+                        label="Class probabilities",
+                        num_top_classes=len(service.classes),
+                        elem_id="batch-label",
+                    )
                     batch_text = gr.Markdown(label="Result", elem_id="batch-result")
-                    batch_warn = gr.Textbox(label="Warnings", interactive=False, lines=2)
+                    batch_warn = gr.Textbox(
+                        label="Warnings", interactive=False, lines=2, elem_id="batch-warnings"
+                    )
             batch_table = gr.Dataframe(
-                headers=["file", "result", *service.classes, "warnings"], label="All files", interactive=False
+                headers=["file", "result", *service.classes, "warnings"],
+                label="All files",
+                interactive=False,
+                elem_id="batch-table",
             )
             batch_state = gr.State([], time_to_live=STATE_TTL_SECONDS)
 

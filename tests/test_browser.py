@@ -1,0 +1,118 @@
+"""End to end in headless Debian Chromium (Playwright for Python): what a doctor's browser does.
+
+Every request the page makes is recorded; none may leave the machine (hospital network, no
+internet): no analytics, no web fonts, no CDN.
+"""
+
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+from skimage import data
+
+from hfxray import DISCLAIMER
+from hfxray.modeling import DEFAULT_MODEL_DIR
+from hfxray.space_app import ABSTAIN_TEXT, spawn_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = Path("/tmp/hfxray_space_browser.png")
+
+
+def _space_model_dir(tiny_model_dir: Path) -> Path:
+    """The bundled model once it is in the repository, else the tiny test model (as test_space)."""
+    bundled = all((DEFAULT_MODEL_DIR / f).is_file() for f in ("config.json", "model.safetensors"))
+    return DEFAULT_MODEL_DIR if bundled else tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("space-browser")
+    proc, url = spawn_server(
+        _space_model_dir(tiny_model_dir),
+        env={"GRADIO_TEMP_DIR": str(tmp / "gradio")},
+        log_path=tmp / "server.log",
+    )
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page_and_requests(server_url):
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.on("request", lambda r: requests.append(r.url))
+        page.set_default_timeout(60_000)
+        page.goto(server_url, wait_until="load")
+        page.get_by_text(DISCLAIMER).first.wait_for()
+        yield page, requests
+        browser.close()
+
+
+def _upload_and_analyse(page, path: Path) -> None:
+    clear = page.locator("#single-file button[aria-label='Clear']")
+    if clear.count():  # a file is already there: remove it to get the upload area back
+        clear.first.click()
+    page.locator("#single-file input[type=file]").set_input_files(str(path))
+    page.locator("#single-file").get_by_text(path.name).first.wait_for(timeout=30_000)
+    page.locator("#single-button").click()
+
+
+def test_upload_a_radiograph_shows_probabilities_and_heatmap(page_and_requests, shared_data):
+    page, _ = page_and_requests
+    expect(page.get_by_text(DISCLAIMER).first).to_be_visible()
+    xray = sorted((shared_data / "Normal").iterdir())[2]
+    _upload_and_analyse(page, xray)
+    result = page.locator("#single-result")
+    expect(result).to_contain_text("%", timeout=120_000)
+    expect(result).to_contain_text(DISCLAIMER)
+    label = page.locator("#single-label")
+    for cls in ("Covid", "Normal", "Viral Pneumonia"):
+        expect(label).to_contain_text(cls)
+    heatmap = page.locator("#single-image img")
+    expect(heatmap).to_be_visible()
+    assert heatmap.evaluate("img => img.naturalWidth") > 100
+    # the checkbox switches to the image without the overlay (a different picture)
+    with_heat = heatmap.get_attribute("src")
+    page.locator("#single-heat input[type=checkbox]").uncheck()
+    expect(page.locator("#single-image img")).not_to_have_attribute("src", with_heat, timeout=30_000)
+    page.locator("#single-heat input[type=checkbox]").check()
+    expect(page.locator("#single-image img")).to_have_attribute("src", with_heat, timeout=30_000)
+    page.wait_for_timeout(1500)  # let the image finish painting before the screenshot
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_upload_a_photo_shows_the_warning(page_and_requests, tmp_path):
+    page, _ = page_and_requests
+    photo = tmp_path / "holiday_photo.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    _upload_and_analyse(page, photo)
+    expect(page.locator("#single-result")).to_contain_text(ABSTAIN_TEXT, timeout=120_000)
+    warnings = page.locator("#single-warnings textarea")
+    expect(warnings).to_have_value(re.compile("colour photograph"), timeout=30_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOT.with_name("hfxray_space_browser_photo.png")), full_page=True)
+
+
+def test_no_request_leaves_the_machine(page_and_requests):
+    _, requests = page_and_requests
+    assert requests, "the network log recorded nothing"
+    hosts = {urlparse(u).hostname for u in requests if not u.startswith(("data:", "blob:"))}
+    assert hosts <= {"127.0.0.1", "localhost"}, sorted(hosts)
