@@ -304,7 +304,10 @@ def run_training(
             "seed": training_args.seed,
             "n_train": len(splits["train"]),
             "n_validation": len(splits["validation"]),
-            "validation_files": [Path(p).name for p in splits["validation"]["path"]],
+            # relative to data_dir, so the validation split can be rebuilt (audit, comparisons)
+            "validation_files": sorted(
+                Path(os.path.relpath(p, data_args.data_dir)).as_posix() for p in splits["validation"]["path"]
+            ),
         },
         "validation": validation,
         "learning_rates": {
