@@ -104,7 +104,7 @@ def explain(
 
     `target_class` None explains the predicted class of each image.
     """
-    pixel_values = _as_batch(pixel_values).detach().float()
+    pixel_values = _as_batch(pixel_values).detach().to(next(model.parameters()).dtype)
     n = pixel_values.shape[0]
     if layer is None:
         layer = find_target_layer(model, pixel_values)
@@ -121,13 +121,16 @@ def explain(
     feat_handle = classifier_module(model).register_forward_pre_hook(
         lambda _m, inputs: captured.append(inputs[0].detach().flatten(1))
     )
-    # The input needs a gradient path even when the caller froze the weights.
-    inputs = pixel_values.clone().requires_grad_(True)
+    # Grad-CAM needs d(logit)/d(feature map) only, so the autograd graph starts at the target
+    # layer's output: no gradients flow into the backbone (a fraction of a full backward pass),
+    # and it works the same whether or not the caller froze the weights.
+    cut_handle = layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
     try:
         with torch.enable_grad(), GradCAM(model=_LogitsOnly(model), target_layers=[layer]) as cam:
-            cams = cam(input_tensor=inputs, targets=targets)
+            cams = cam(input_tensor=pixel_values, targets=targets)
             logits = cam.outputs.detach()
     finally:
+        cut_handle.remove()
         feat_handle.remove()
         model.zero_grad(set_to_none=True)  # don't keep weight gradients alive between requests
     if cams is None:  # pytorch-grad-cam swallows IndexError in __exit__
