@@ -501,7 +501,7 @@ class AugmentationConfig:
         return asdict(self)
 
 
-AUGMENTATION_PRESETS: tuple[str, ...] = ("default", "none", "shortcut")
+AUGMENTATION_PRESETS: tuple[str, ...] = ("default", "none", "shortcut", "shortcut-strong")
 """Names accepted by `augmentation_config` (``--augmentation`` of scripts/train.py)."""
 
 
@@ -511,6 +511,10 @@ def augmentation_config(name: str = "default") -> AugmentationConfig:
     ``default``: the radiograph-plausible geometric/intensity set. ``none``: resize + normalise
     only. ``shortcut``: default plus border masking, random erasing, downscale, JPEG, blur and
     noise, against learning the source (text markers, scanner quality) instead of the lungs.
+    ``shortcut-strong``: the shortcut set at higher probabilities, plus zoom-in (scale up to 1.25,
+    which crops borders toward the lungs), gamma/contrast ranges that cover the audit's invariance
+    shifts (gamma 0.7-1.4, contrast x0.8-1.2), histogram equalisation and harsher JPEG; see
+    docs/shortcuts.md for how it compares.
     """
     if name == "default":
         return AugmentationConfig()
@@ -519,6 +523,25 @@ def augmentation_config(name: str = "default") -> AugmentationConfig:
     if name == "shortcut":
         return AugmentationConfig(
             border_mask_p=0.3, random_erasing_p=0.2, downscale_p=0.2, jpeg_p=0.3, blur_p=0.1, noise_p=0.2
+        )
+    if name == "shortcut-strong":
+        return AugmentationConfig(
+            scale_range=(0.95, 1.25),
+            affine_p=0.8,
+            brightness_limit=0.2,
+            contrast_limit=0.2,
+            brightness_contrast_p=0.7,
+            gamma_limit=(65.0, 145.0),
+            gamma_p=0.5,
+            equalize_p=0.3,
+            border_mask_p=0.5,
+            border_mask_max_fraction=0.15,
+            random_erasing_p=0.3,
+            downscale_p=0.5,
+            jpeg_p=0.5,
+            jpeg_quality_range=(25, 95),
+            blur_p=0.2,
+            noise_p=0.3,
         )
     raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(AUGMENTATION_PRESETS)}")
 
