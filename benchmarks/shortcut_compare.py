@@ -197,6 +197,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def _ci(rate: float | None, ci: list[float] | None) -> str:
     if rate is None:
         return "-"
@@ -226,11 +230,11 @@ def markdown_tables(payload: dict[str, Any]) -> str:
         mass = r["heatmap_central_mass"]
         lines.append(
             f"| `{r['name']}` | {_ci(r['validation_accuracy'], r['validation_accuracy_ci95'])} "
-            f"| {r['macro_f1']:.2f} | {r['ece_after']:.3f} | {_ci(b['accuracy'], b['ci95'])} "
+            f"| {_num(r['macro_f1'], '.2f')} | {_num(r['ece_after'], '.3f')} | {_ci(b['accuracy'], b['ci95'])} "
             f"| {_pct(r['chance']['majority'])} | {_ci(lu['accuracy'], lu['ci95'])} "
-            f"| {'-' if mass is None else f'{mass:.2f}'} "
+            f"| {_num(mass, '.2f')} "
             f"| {_pct(r['max_flip_rate'])} ({r['max_flip_transform']}) | {_pct(r['mean_flip_rate'])} "
-            f"| {r['shortcut_risk']} | {r['train_wall_s'] / 60:.1f} min |"
+            f"| {r['shortcut_risk']} | {_num(r['train_wall_s'] / 60, '.1f')} min |"
         )
     ok = [r for r in rows if "error" not in r]
     if ok:
