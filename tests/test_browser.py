@@ -111,6 +111,26 @@ def test_upload_a_photo_shows_the_warning(page_and_requests, tmp_path):
     page.screenshot(path=str(SCREENSHOT.with_name("hfxray_space_browser_photo.png")), full_page=True)
 
 
+def test_batch_tab_shows_a_gallery_and_a_csv(page_and_requests, shared_data):
+    page, _ = page_and_requests
+    page.get_by_role("tab", name="Several images").click()
+    films = [sorted((shared_data / c).iterdir())[5] for c in ("Covid", "Viral Pneumonia")]
+    page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in films])
+    for film in films:  # the component shows stem and suffix in separate elements
+        pattern = re.compile(re.escape(film.stem) + r"\s*" + re.escape(film.suffix))
+        expect(page.locator("#batch-files")).to_contain_text(pattern, timeout=30_000)
+    page.locator("#batch-button").click()
+    expect(page.locator("#batch-gallery img")).to_have_count(2, timeout=120_000)
+    expect(page.locator("#batch-csv")).to_contain_text(
+        re.compile(r"hfxray_predictions\s*\.csv"), timeout=30_000
+    )
+    expect(page.locator("#batch-result")).to_contain_text(DISCLAIMER)
+    for film in films:
+        expect(page.locator("#batch-table")).to_contain_text(film.name)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SCREENSHOT.with_name("hfxray_space_browser_batch.png")), full_page=True)
+
+
 def test_no_request_leaves_the_machine(page_and_requests):
     _, requests = page_and_requests
     assert requests, "the network log recorded nothing"

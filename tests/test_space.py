@@ -206,3 +206,41 @@ def test_auth_is_enforced(tiny_model_dir, tmp_path, shared_data):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_service_uses_the_model_dirs_gate(tiny_model_dir, shared_data, tmp_path):
+    """In process: a model dir with fitted gate statistics makes the Space abstain on a text page,
+    with the distance computed from the features of the same Grad-CAM pass."""
+    import shutil
+
+    from PIL import ImageDraw
+
+    from hfxray.gate import fit_gate, write_gate
+    from hfxray.images import load_image
+    from hfxray.modeling import load_model
+    from hfxray.space_app import XrayService
+
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "gated"))
+    paths = sorted(p for p in shared_data.rglob("*") if p.is_file())
+    model, processor = load_model(model_dir)
+    write_gate(model_dir, fit_gate(model, processor, paths[::8]))
+    service = XrayService(model_dir)
+    assert service.gate.has_feature_stats
+
+    page = Image.new("RGB", (850, 1100), "white")
+    draw = ImageDraw.Draw(page)
+    for i in range(40):
+        draw.text((60, 60 + i * 24), f"{i:02d} Lorem ipsum dolor sit amet, consectetur.", fill="black")
+    refused = service.analyse_image(page, "letter.png")
+    assert refused.abstained and refused.predicted is None and not refused.probs
+    assert any("does not look like the chest X-rays" in w for w in refused.warnings)
+    assert refused.label_value() == ABSTAIN_TEXT
+
+    films = [service.analyse_path(p) for p in paths[3::16]]
+    assert all(f.error is None for f in films)
+    assert np.median([f.distance for f in films]) < refused.distance
+    # the distance from the Grad-CAM pass's features equals the gate's own feature extraction
+    image = load_image(paths[3], draft_size=service.image_size)
+    assert films[0].distance == pytest.approx(service.gate.check(image).distance, rel=1e-4)
+    answered = [f for f in films if not f.abstained]
+    assert answered and all(sum(f.probs.values()) == pytest.approx(1.0) for f in answered)
