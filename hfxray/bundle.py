@@ -34,10 +34,7 @@ def weights_to_fp16(model_dir: str | Path) -> int:
 
 
 def build_default_model(data_dir: str | Path, output_dir: str | Path, train_args: list[str] | None = None) -> Path:
-    """Train on `data_dir` with scripts/train.py defaults, then fp16 weights, ONNX export and model card."""
-    from hfxray import hub, onnx_export
-    from hfxray.data import load_image_folder
-
+    """Train on `data_dir` with scripts/train.py defaults, then `finish_bundle`."""
     out = Path(output_dir)
     cmd = [
         sys.executable, str(ROOT / "scripts" / "train.py"), "--data_dir", str(data_dir), "--output_dir", str(out),
@@ -45,6 +42,14 @@ def build_default_model(data_dir: str | Path, output_dir: str | Path, train_args
     ]
     logger.info("training: %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
+    return finish_bundle(out, data_dir)
+
+
+def finish_bundle(out: Path, data_dir: str | Path) -> Path:
+    """fp16 weights, an ONNX export verified on real radiographs, and the model card."""
+    from hfxray import hub, onnx_export
+    from hfxray.data import load_image_folder
+
     size = weights_to_fp16(out)
     logger.info("weights stored in fp16: %.1f MB", size / 1e6)
     model, processor = modeling.load_model(out)

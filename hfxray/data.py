@@ -765,7 +765,7 @@ def quarantine(bad_files: Iterable[BadFile], data_dir: str | os.PathLike) -> Pat
 # fingerprint
 # --------------------------------------------------------------------------------------------
 def dataset_fingerprint(ds: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What a model was trained on: ``dir``, ``n``, ``fingerprint``, ``files``, ``phash``.
+    """What a model was trained on: ``dir``, ``n``, ``n_per_class``, ``fingerprint``, ``files``, ``phash``.
 
     Paths are relative to ``root`` (default: the folder above the class folders, i.e.
     ``<class>/<file>``) so the fingerprint survives moving the data folder.
@@ -781,9 +781,11 @@ def dataset_fingerprint(ds: Any, root: str | os.PathLike | None = None) -> dict[
     rel = [Path(os.path.relpath(p, root)).as_posix() if root else p for p in paths]
     pairs = sorted(zip(rel, shas, strict=True))
     digest = hashlib.sha256("\n".join(f"{r}\t{s}" for r, s in pairs).encode()).hexdigest()
+    classes = Counter(Path(r).parts[0] if len(Path(r).parts) > 1 else "" for r in rel)
     return {
         "dir": root,
         "n": len(paths),
+        "n_per_class": dict(sorted(classes.items())),
         "fingerprint": digest,
         "files": {s: r for r, s in pairs},
         "phash": {r: h for r, h in sorted(zip(rel, phashes, strict=True)) if h},

@@ -289,15 +289,20 @@ def run_training(
     ece_after = calibration.expected_calibration_error(probs, y_val)
     validation = metrics.classification_report(y_val, probs, labels)
 
+    # The offline backbones resolve to a cache folder; record the name a user would pass instead.
+    base_name = Path(base).name if Path(base).parent.name == "backbones" else base
     meta: dict[str, Any] = {
         "hfxray_version": __version__,
-        "base_model": base,
+        "base_model": base_name,
         "image_size": data_args.image_size,
         "classes": labels,
         "temperature": float(temperature),
         "ece_before": float(ece_before),
         "ece_after": float(ece_after),
-        "training_data": data.dataset_fingerprint(dataset, root=data_args.data_dir),
+        # Gradient updates saw only the train split; validation chose the checkpoint and the temperature.
+        # Kept apart so that an audit on the validation split is not reported as leakage.
+        "training_data": data.dataset_fingerprint(splits["train"], root=data_args.data_dir),
+        "validation_data": data.dataset_fingerprint(splits["validation"], root=data_args.data_dir),
         "skipped_files": [asdict(b) for b in bad_files],
         "split": {
             "validation_split": data_args.validation_split,
