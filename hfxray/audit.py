@@ -353,7 +353,8 @@ def run_audit(
     Returns the audit dict (what audit.json holds); ``result["verdict"]`` has ``shortcut_risk``
     ("high" / "moderate" / "low"), ``reasons`` and ``warnings``.
     """
-    from hfxray.data import FileRecord, file_sha256, image_phash
+    from hfxray.data import FileRecord, image_phash
+    from hfxray.images import file_sha256
 
     predictor = _as_predictor(predictor_or_model_dir)
     classes = list(predictor.classes)

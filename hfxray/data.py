@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from hfxray.images import SUPPORTED_EXTENSIONS, load_image
+from hfxray.images import SUPPORTED_EXTENSIONS, file_sha256, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +70,6 @@ class DuplicateGroup:
 # --------------------------------------------------------------------------------------------
 # hashing
 # --------------------------------------------------------------------------------------------
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of the file bytes (streamed: radiographs can be tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def image_phash(image: Image.Image, hash_size: int = 8) -> str:
     """Perceptual hash (imagehash DCT phash, ``hash_size**2`` bits) as hex."""
     import imagehash  # local import: only needed for duplicate detection

@@ -35,6 +35,7 @@ locally with ``warnings.catch_warnings``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import warnings
@@ -488,3 +489,12 @@ def _dicom_gray_to_uint8(arr: np.ndarray, ds: object, modality_lut, voi_lut) -> 
     with contextlib.suppress(ValueError, IndexError, NotImplementedError, AttributeError):
         values = voi_lut(values, ds, index=0)
     return _to_uint8(np.asarray(values))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of the file bytes (streamed: radiographs can be tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

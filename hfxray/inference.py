@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -70,14 +69,6 @@ def physical_cores() -> int:
     except ImportError:
         physical = available
     return max(1, min(physical, available))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model_dir(model_dir_or_id: str | os.PathLike | None = None) -> Path:
@@ -440,6 +431,8 @@ def _onnx_is_stale(session: Any, model_dir: Path) -> bool:
     weights = model_dir / WEIGHTS_FILENAME
     if not recorded or not weights.is_file():
         return False  # exported elsewhere or ONNX-only directory: nothing to compare against
+    from hfxray.images import file_sha256
+
     return recorded != file_sha256(weights)
 
 

@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 
 from hfxray import __version__
+from hfxray.images import file_sha256
 from hfxray.inference import (
     ONNX_FILENAME,
     ONNX_WEIGHTS_SHA_KEY,
     WEIGHTS_FILENAME,
-    file_sha256,
     processor_image_size,
     read_model_metadata,
     softmax,
