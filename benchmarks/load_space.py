@@ -76,9 +76,11 @@ def run_load(url: str, images: list[str], users: int, seconds: float, server_pid
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             try:
-                label, *_ = client.predict(handle_file(images[k % len(images)]), api_name="/predict")
-                if not isinstance(label, dict):
-                    raise ValueError(f"unexpected answer {label!r}")
+                label, _heatmap, result, warnings = client.predict(
+                    handle_file(images[k % len(images)]), api_name="/predict"
+                )
+                if not isinstance(label, dict) or "could not be read" in result:
+                    raise ValueError(f"no answer: {warnings}")
                 with lock:
                     latencies.append(time.perf_counter() - t0)
             except Exception as e:
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         out_dir = Path(args.out).parent
         out_dir.mkdir(parents=True, exist_ok=True)
-        proc, url = spawn_server(args.model, log_path=out_dir / "load_space_server.log")
+        log = out_dir / "load_space_server.log"
+        log.unlink(missing_ok=True)
+        proc, url = spawn_server(args.model, log_path=log)
         pid = proc.pid
     try:
         result = run_load(url, images, args.users, args.seconds, pid)

@@ -21,9 +21,12 @@ All logic lives here; ``space/app.py`` only calls :func:`main`. Design choices:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import dataclasses
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +59,8 @@ DISPLAY_SIZE = 512
 ABSTAIN_TEXT = "Outside what this model has seen"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-CSV_KEEP_SECONDS = 3600
+CSV_KEEP_SECONDS = 600  # our CSV/PNG outputs; Gradio serves its own copies
+RECENT_RESULTS, RECENT_SECONDS = 64, 600  # identical uploads in flight at once (see analyse_one)
 STATE_TTL_SECONDS = 900  # per-session results (display-size images) are dropped after this
 ENV_MODEL, ENV_HOST, ENV_PORT, ENV_AUTH = "HFXRAY_MODEL", "HFXRAY_HOST", "HFXRAY_PORT", "HFXRAY_AUTH"
 
@@ -126,6 +131,25 @@ class XrayService:
         self.layer = find_target_layer(self.model, torch.zeros(1, 3, self.image_size, self.image_size))
         self._lock = threading.Lock()
         self._csv_dir = Path(tempfile.mkdtemp(prefix="hfxray-space-csv-"))
+        self._recent: OrderedDict[str, tuple[float, FileResult]] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._last_purge = 0.0
+
+    def remember(self, upload_path: str, result: FileResult) -> None:
+        """Keep a result briefly (in memory only) under its upload path, which names the content."""
+        with self._recent_lock:
+            self._recent[upload_path] = (time.monotonic(), result)
+            self._recent.move_to_end(upload_path)
+            while len(self._recent) > RECENT_RESULTS:
+                self._recent.popitem(last=False)
+
+    def recall(self, upload_path: str) -> FileResult | None:
+        """A copy of a result remembered under ``upload_path`` in the last RECENT_SECONDS."""
+        with self._recent_lock:
+            entry = self._recent.get(upload_path)
+        if entry is None or time.monotonic() - entry[0] > RECENT_SECONDS:
+            return None
+        return dataclasses.replace(entry[1], warnings=list(entry[1].warnings))
 
     @property
     def model_name(self) -> str:
@@ -185,13 +209,31 @@ class XrayService:
                 writer.writerow([r.name, predicted, *probs, warning, DISCLAIMER])
         return path
 
+    def image_file(self, image: Image.Image | None) -> str | None:
+        """Write a display image to a uniquely named PNG and return its path.
+
+        Returning PIL images would make Gradio write them to cache/<content hash>/image.png in
+        place, so two identical answers at once (two users, one film) could serve a half-written
+        file; a file path is copied into the cache atomically instead.
+        """
+        if image is None:
+            return None
+        self._purge_old_csv()
+        folder = self._csv_dir / uuid.uuid4().hex
+        folder.mkdir()
+        path = folder / "image.png"
+        image.save(path, format="PNG")
+        return str(path)
+
     def _purge_old_csv(self) -> None:
-        cutoff = time.time() - CSV_KEEP_SECONDS
+        now = time.time()
+        if now - self._last_purge < 30:  # at most twice a minute
+            return
+        self._last_purge = now
+        cutoff = now - CSV_KEEP_SECONDS
         for folder in self._csv_dir.iterdir():
             if folder.stat().st_mtime < cutoff:
-                for f in folder.iterdir():
-                    f.unlink(missing_ok=True)
-                folder.rmdir()
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _uploaded_paths(files: Any) -> list[str]:
@@ -207,14 +249,16 @@ def _forget_upload(path: str, cache_dir: str) -> None:
 
     Only files inside the cache are touched: a path given by a Python caller is never deleted.
     """
+    p, cache = Path(path).resolve(), Path(cache_dir).resolve()
+    if cache not in p.parents:
+        return
     try:
-        p, cache = Path(path).resolve(), Path(cache_dir).resolve()
-        if cache in p.parents:
-            p.unlink(missing_ok=True)
-            if p.parent != cache and not any(p.parent.iterdir()):
-                p.parent.rmdir()
+        p.unlink(missing_ok=True)
     except OSError:
         logger.warning("could not delete an uploaded file from the cache")
+    with contextlib.suppress(OSError):  # not empty or gone: another upload of the same content
+        if p.parent != cache:
+            p.parent.rmdir()
 
 
 def build_demo(model: str | os.PathLike | XrayService | None = None):
@@ -230,9 +274,17 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
     ) as demo:
         cache_dir = demo.GRADIO_CACHE
 
-        def analyse_one(path: str, name: str | None = None) -> FileResult:
+        def analyse_one(path: str) -> FileResult:
+            """Analyse an upload, then delete it. Gradio stores uploads at cache/<sha256 of the
+            content>/<name>, so two users sending the same file share one path, and the first to
+            finish deletes it; the second then gets the first one's result for those same bytes."""
             try:
-                return service.analyse_path(path, name)
+                result = service.analyse_path(path)
+                if result.error is None:
+                    service.remember(path, result)
+                elif not os.path.exists(path):
+                    result = service.recall(path) or result
+                return result
             finally:
                 _forget_upload(path, cache_dir)
 
@@ -326,12 +378,18 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
             logger.info(
                 "single: %s", "error" if result.error else "abstained" if result.abstained else "answered"
             )
-            return result.label_value(), result.heatmap, result.markdown(), result.warnings_text(), result
+            return (
+                result.label_value(),
+                service.image_file(result.heatmap),
+                result.markdown(),
+                result.warnings_text(),
+                result,
+            )
 
         def toggle_single(show_heat: bool, result: FileResult | None) -> Any:
             if result is None or result.image is None:
                 return None
-            return result.heatmap if show_heat else result.image
+            return service.image_file(result.heatmap if show_heat else result.image)
 
         single_button.click(
             predict,
@@ -341,9 +399,9 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
         ).then(toggle_single, [single_heat, single_state], single_image, api_visibility="private")
         single_heat.change(toggle_single, [single_heat, single_state], single_image, api_visibility="private")
 
-        def gallery_items(results: list[FileResult], show_heat: bool) -> list[tuple[Image.Image, str]]:
+        def gallery_items(results: list[FileResult], show_heat: bool) -> list[tuple[str | None, str]]:
             return [
-                ((r.heatmap if show_heat else r.image), f"{r.name}: {r.headline}")
+                (service.image_file(r.heatmap if show_heat else r.image), f"{r.name}: {r.headline}")
                 for r in results
                 if r.image is not None
             ]
