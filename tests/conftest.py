@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid19-xray" / "train"
+SHARED_DATA = (Path(__file__).resolve().parents[2] / "shared" / "data" / "covid19-xray" / "train").resolve()
 
 
 @pytest.fixture(scope="session")
