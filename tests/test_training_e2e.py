@@ -147,3 +147,29 @@ def test_two_process_accelerate_launch(shared_data: Path, tmp_path: Path) -> Non
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "hfxray.json"} <= {p.name for p in out.iterdir()}
     p = Predictor.from_pretrained(out, backend="torch")
     assert p.classes == ["Covid", "Normal", "Viral Pneumonia"]
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_class_subset(trained_dir: Path, small_folder: Path, tmp_path: Path) -> None:
+    """External validation: a folder with only Covid/ and Normal/ reports what it can measure."""
+    subset = tmp_path / "external"
+    for cls in ("Covid", "Normal"):
+        shutil.copytree(small_folder / cls, subset / cls)
+    report_dir = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/evaluate.py"), "--data_dir", str(subset), "--model", str(trained_dir),
+         "--output_dir", str(report_dir)],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((report_dir / "metrics.json").read_text())
+    assert m["n"] == 8
+    assert m["n_per_class"]["Viral Pneumonia"] == 0
+    vp = m["per_class"]["Viral Pneumonia"]
+    assert vp["sensitivity"] is None and vp["auroc"] is None
+    for cls in ("Covid", "Normal"):
+        assert m["per_class"][cls]["sensitivity"] is not None
+        assert m["per_class"][cls]["specificity"] is not None
+    cm = np.asarray(m["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm[2].sum() == 0 and cm.sum() == 8
+    assert m["input_gate"]["n"] == 8 and 0 <= m["input_gate"]["abstained"] <= 8
