@@ -752,3 +752,24 @@ chance level (majority class) {result["chance"]["majority"]:.3f}. Intervals are 
 {figs}
 </body></html>
 """
+
+
+def rebuild_validation_folder(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Symlink a model's held-out validation files (hfxray.json ``split.validation_files``) into
+    ``out_dir/<class>/``, so the audit runs on images the model was not trained on. No copies:
+    the audit hashes the link targets."""
+    meta = json.loads((Path(model_dir) / "hfxray.json").read_text())
+    files = meta.get("split", {}).get("validation_files")
+    if not files:
+        raise ValueError("hfxray.json has no split.validation_files: retrain with a current hfxray")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new folder for the validation links")
+    for rel in files:
+        src = (Path(data_dir) / rel).resolve()
+        if not src.is_file():
+            raise FileNotFoundError(f"validation file {rel} is not under {data_dir} any more")
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src)
+    return out

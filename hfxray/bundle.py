@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -46,8 +47,9 @@ def build_default_model(data_dir: str | Path, output_dir: str | Path, train_args
 
 
 def finish_bundle(out: Path, data_dir: str | Path) -> Path:
-    """fp16 weights, an ONNX export verified on real radiographs, and the model card."""
-    from hfxray import hub, onnx_export
+    """fp16 weights, an ONNX export verified on real radiographs, the shortcut audit on the
+    held-out validation split, and the model card."""
+    from hfxray import audit, hub, onnx_export
     from hfxray.data import load_image_folder
 
     size = weights_to_fp16(out)
@@ -57,5 +59,9 @@ def finish_bundle(out: Path, data_dir: str | Path) -> Path:
     verify = [ds[i]["image"] for i in range(0, len(ds), max(len(ds) // 12, 1))]
     del model
     onnx_export.export_onnx(out, verify_images=verify)
+    with tempfile.TemporaryDirectory() as tmp:
+        val_dir = audit.rebuild_validation_folder(out, data_dir, Path(tmp) / "validation")
+        result = audit.run_audit(out, val_dir, output_dir=Path(tmp) / "audit")
+        audit.write_audit_to_model(out, result)
     hub.write_model_card(out)
     return out

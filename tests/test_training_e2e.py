@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
@@ -173,3 +174,30 @@ def test_evaluate_on_a_class_subset(trained_dir: Path, small_folder: Path, tmp_p
     cm = np.asarray(m["confusion_matrix"])
     assert cm.shape == (3, 3) and cm[2].sum() == 0 and cm.sum() == 8
     assert m["input_gate"]["n"] == 8 and 0 <= m["input_gate"]["abstained"] <= 8
+
+
+@pytest.mark.slow
+def test_finish_bundle_makes_a_small_audited_onnx_model(trained_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    """The steps of `make model` after training: fp16 weights, verified ONNX, audit, card."""
+    from huggingface_hub import ModelCard
+
+    from hfxray.bundle import finish_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_dir, bundle)
+    before = (bundle / "model.safetensors").stat().st_size
+    finish_bundle(bundle, shared_data)
+    weights = load_file(bundle / "model.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    assert (bundle / "model.safetensors").stat().st_size < 0.6 * before
+    meta = json.loads((bundle / "hfxray.json").read_text())
+    assert meta["audit"]["shortcut_risk"] in {"low", "moderate", "high"}
+    card = ModelCard.load(bundle / "README.md")
+    assert "Shortcut audit" in card.text and "not a diagnostic device" in card.text.lower()
+    onnx = Predictor.from_pretrained(bundle)
+    torch_backend = Predictor.from_pretrained(bundle, backend="torch")
+    assert onnx.backend == "onnx"
+    files = sorted(shared_data.glob("Normal/*"))[:4]
+    a = np.array([list(r.probs.values()) for r in onnx.predict_paths(files)])
+    b = np.array([list(r.probs.values()) for r in torch_backend.predict_paths(files)])
+    assert np.abs(a - b).max() <= 1e-4
