@@ -31,7 +31,7 @@ lint: setup
 	$(VENV)/bin/ruff check hfxray scripts tests space benchmarks
 
 test: setup browser lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra --durations=15
 
 # Reproduce the bundled default model from the shared data (offline ImageNet backbone).
 model: setup
