@@ -58,3 +58,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     ).save_pretrained(out)
     (out / "hfxray.json").write_text(json.dumps({"classes": TINY_CLASSES, "image_size": 224}))
     return out
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> Path:
+    """The model shipped in the repository (what `make demo` serves)."""
+    from hfxray.modeling import DEFAULT_MODEL_DIR
+
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), (
+        f"bundled model missing at {DEFAULT_MODEL_DIR}"
+    )
+    return DEFAULT_MODEL_DIR

@@ -14,7 +14,6 @@ from playwright.sync_api import expect, sync_playwright
 from skimage import data
 
 from hfxray import DISCLAIMER
-from hfxray.modeling import DEFAULT_MODEL_DIR
 from hfxray.space_app import ABSTAIN_TEXT, spawn_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -31,17 +30,11 @@ CHROMIUM_ARGS = [
 SCREENSHOT = Path("/tmp/hfxray_space_browser.png")
 
 
-def _space_model_dir(tiny_model_dir: Path) -> Path:
-    """The bundled model once it is in the repository, else the tiny test model (as test_space)."""
-    bundled = all((DEFAULT_MODEL_DIR / f).is_file() for f in ("config.json", "model.safetensors"))
-    return DEFAULT_MODEL_DIR if bundled else tiny_model_dir
-
-
 @pytest.fixture(scope="module")
-def server_url(tiny_model_dir, tmp_path_factory):
+def server_url(bundled_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("space-browser")
     proc, url = spawn_server(
-        _space_model_dir(tiny_model_dir),
+        bundled_model_dir,
         env={"GRADIO_TEMP_DIR": str(tmp / "gradio")},
         log_path=tmp / "server.log",
     )

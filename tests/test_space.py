@@ -12,25 +12,16 @@ from PIL import Image
 from skimage import data
 
 from hfxray import DISCLAIMER
-from hfxray.modeling import DEFAULT_MODEL_DIR
 from hfxray.space_app import ABSTAIN_TEXT, parse_auth, spawn_server
 
 pytestmark = pytest.mark.slow
 
 
-def space_model_dir(tiny_model_dir: Path) -> Path:
-    """The bundled model once it is in the repository, else the tiny test model."""
-    bundled = all((DEFAULT_MODEL_DIR / f).is_file() for f in ("config.json", "model.safetensors"))
-    return DEFAULT_MODEL_DIR if bundled else tiny_model_dir
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(bundled_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("space")
     log = tmp / "server.log"
-    proc, url = spawn_server(
-        space_model_dir(tiny_model_dir), env={"GRADIO_TEMP_DIR": str(tmp / "gradio")}, log_path=log
-    )
+    proc, url = spawn_server(bundled_model_dir, env={"GRADIO_TEMP_DIR": str(tmp / "gradio")}, log_path=log)
     try:
         yield {"url": url, "log": log, "cache": tmp / "gradio", "proc": proc}
     finally:
