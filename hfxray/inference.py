@@ -370,10 +370,12 @@ class Predictor:
         paths = [str(p) for p in paths]
         workers = num_workers or min(4, physical_cores() + 1)
         rows: list[PredictionRow] = []
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # A single file (the Space, a doctor's one-off) decodes inline: a pool would cost more than it saves.
+        with ThreadPoolExecutor(max_workers=workers) if len(paths) > 1 else contextlib.nullcontext() as pool:
+            decode = pool.map if pool is not None else map
             for sl in _batches(len(paths), batch_size):
                 chunk = paths[sl]
-                decoded = list(pool.map(self._decode_one, chunk))
+                decoded = list(decode(self._decode_one, chunk))
                 good = [i for i, (image, _) in enumerate(decoded) if image is not None]
                 done: dict[int, PredictionRow] = {}
                 if good:
