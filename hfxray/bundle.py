@@ -62,6 +62,7 @@ def finish_bundle(out: Path, data_dir: str | Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         val_dir = audit.rebuild_validation_folder(out, data_dir, Path(tmp) / "validation")
         result = audit.run_audit(out, val_dir, output_dir=Path(tmp) / "audit")
+        result["data_dir"] = "the model's held-out validation split"  # not the temporary folder
         audit.write_audit_to_model(out, result)
     hub.write_model_card(out)
     return out
