@@ -43,12 +43,11 @@ def evaluate_folder(
     to_model = np.array([predictor.classes.index(c) for c in folder_classes])
     y_true = to_model[np.asarray(dataset["label"])]
     images = list(dataset["image"])
-    probs = predictor.predict_images(images)
+    probs, abstain = predictor.predict_images_gated(images)
     result = metrics.classification_report(y_true, probs, predictor.classes)
     result["model"] = str(predictor.source)
     result["data_dir"] = str(Path(data_dir).resolve())
     result["skipped_files"] = [asdict(b) for b in bad_files]
-    abstain = predictor.gate_warnings(images)
     if abstain is not None:
         n_abstain = sum(1 for w in abstain if w)
         result["input_gate"] = {"abstained": n_abstain, "n": len(images), "rate": n_abstain / max(len(images), 1)}

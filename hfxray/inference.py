@@ -331,17 +331,21 @@ class Predictor:
             for i, im in enumerate(images)
         ]
 
-    def gate_warnings(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[str | None] | None:
-        """Per image: the gate's reasons to abstain, or None when it passes. None when the model has no
+    def predict_images_gated(
+        self, images: Sequence[Image.Image], batch_size: int = 32
+    ) -> tuple[np.ndarray, list[str | None] | None]:
+        """Probabilities (as :meth:`predict_images`) and, per image, the gate's reasons to abstain (None
+        when it passes), from one forward pass per batch. The warnings are None when the model has no
         gate statistics (then only the generic checks could run, see ``predict_paths``)."""
-        if not self.metadata.get("gate"):
-            return None
         images = list(images)
-        out: list[str | None] = []
+        gated = bool(self.metadata.get("gate"))
+        logits = np.empty((len(images), len(self.classes)), dtype=np.float32)
+        warnings: list[str | None] = []
         for sl in _batches(len(images), batch_size):
-            _, features = self._forward(self.preprocess(images[sl]))
-            out += [None if r.ok else "; ".join(r.warnings) for r in self._gate_rows(images[sl], features)]
-        return out
+            logits[sl], features = self._forward(self.preprocess(images[sl]))
+            if gated:
+                warnings += [None if r.ok else "; ".join(r.warnings) for r in self._gate_rows(images[sl], features)]
+        return softmax(logits), (warnings if gated else None)
 
     # ---------------------------------------------------------------- files
     def _decode_one(self, path: str) -> tuple[Image.Image | None, str | None]:
