@@ -35,7 +35,7 @@ from PIL import Image, ImageEnhance
 from hfxray import DISCLAIMER, __version__
 from hfxray.gradcam import DEFAULT_LUNG_BOX, central_mass, explain
 from hfxray.images import ImageReadError, is_supported_path, load_image
-from hfxray.inference import Predictor
+from hfxray.inference import Predictor, softmax
 from hfxray.metrics import wilson_interval
 
 logger = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ def run_audit(
         applies = [t.applies(image) for t in transforms]
         variants += [t.apply(image) if ok else image for t, ok in zip(transforms, applies, strict=True)]
         pixel_values = predictor.preprocess(variants)
-        probs_all.append(_softmax(predictor.predict_pixel_values(pixel_values, batch_size=n_variants)))
+        probs_all.append(softmax(predictor.predict_pixel_values(pixel_values, batch_size=n_variants)))
         applies_all.append(applies)
         kept_labels.append(label)
         if model is not None:
@@ -538,13 +538,6 @@ def run_audit(
     result = _json_safe(result)
     _write_outputs(result, out_dir, example, gallery, classes)
     return result
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _json_safe(obj: Any) -> Any:

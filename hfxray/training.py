@@ -14,12 +14,13 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from transformers import Trainer, TrainingArguments, set_seed
 
 from hfxray import __version__, calibration, data, metrics, modeling, report
@@ -159,12 +160,6 @@ def _logits(model: torch.nn.Module, dataset, batch_size: int = 32) -> tuple[np.n
     return np.concatenate(outs), np.concatenate(labels)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _write_atomically(save: Any, output_dir: Path) -> None:
     """Write into a sibling temp dir, then swap it in: an interrupted save leaves no half model."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -187,9 +182,7 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Refuse to replace a directory that is not an hfxray model unless told to: loses nothing."""
     if not output_dir.exists() or not any(output_dir.iterdir()):
         return
-    if (output_dir / METADATA_FILE).exists() and overwrite:
-        return
-    if overwrite and (output_dir / "config.json").exists():
+    if overwrite and ((output_dir / METADATA_FILE).exists() or (output_dir / "config.json").exists()):
         return
     raise FileExistsError(
         f"output directory {output_dir} is not empty; pass --overwrite_output_dir to replace an "
@@ -284,13 +277,13 @@ def run_training(
 
     # Calibration on the validation split; folded into the classifier so every consumer sees it.
     logits, y_val = _logits(model, val_ds)
-    probs_before = _softmax(logits)
+    probs_before = softmax(logits, axis=1)
     ece_before = calibration.expected_calibration_error(probs_before, y_val)
     temperature = 1.0
     if ft_args.calibrate and len(y_val) >= 10:
         temperature = calibration.fit_temperature(logits, y_val)
         calibration.fold_temperature_into_classifier(modeling.classifier_module(model), temperature)
-    probs = _softmax(logits / temperature)
+    probs = softmax(logits / temperature, axis=1)
     ece_after = calibration.expected_calibration_error(probs, y_val)
     validation = metrics.classification_report(y_val, probs, labels)
 
@@ -372,12 +365,8 @@ def _write_card(model_dir: Path) -> None:
 
 
 def _clone_args(args: TrainingArguments, **changes: Any) -> TrainingArguments:
-    """A copy of TrainingArguments with some fields changed (they are frozen-ish after post_init)."""
-    import dataclasses
-
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-    values.update(changes)
-    return TrainingArguments(**values)
+    """A copy of TrainingArguments with some fields changed (re-runs its __post_init__ checks)."""
+    return replace(args, **changes)
 
 
 def _json_default(obj: Any) -> Any:
