@@ -54,10 +54,9 @@ def finish_bundle(out: Path, data_dir: str | Path) -> Path:
 
     size = weights_to_fp16(out)
     logger.info("weights stored in fp16: %.1f MB", size / 1e6)
-    model, processor = modeling.load_model(out)
+    processor = modeling.load_processor(out)
     ds, _ = load_image_folder(data_dir, image_size=processor.size["height"])
     verify = [ds[i]["image"] for i in range(0, len(ds), max(len(ds) // 12, 1))]
-    del model
     onnx_export.export_onnx(out, verify_images=verify)
     with tempfile.TemporaryDirectory() as tmp:
         val_dir = audit.rebuild_validation_folder(out, data_dir, Path(tmp) / "validation")
