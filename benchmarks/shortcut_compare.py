@@ -100,21 +100,13 @@ def train(name: str, flags: list[str], data_dir: Path, model_dir: Path, seed: in
 
 
 def rebuild_validation_folder(meta: dict[str, Any], data_dir: Path, val_dir: Path) -> int:
-    """Symlink the run's held-out files into ``val_dir/<class>/`` (no copies: the audit hashes the targets)."""
-    files = meta.get("split", {}).get("validation_files")
-    if not files:
-        raise ValueError("hfxray.json has no split.validation_files: retrain with a current hfxray")
+    """Symlink the run's held-out files into ``val_dir/<class>/``, replacing earlier links."""
+    from hfxray.audit import link_validation_files
+
     if val_dir.exists():
         for link in sorted(val_dir.rglob("*"), reverse=True):
             link.unlink() if (link.is_symlink() or link.is_file()) else link.rmdir()
-    for rel in files:
-        src = (data_dir / rel).resolve()
-        if not src.is_file():
-            raise FileNotFoundError(f"validation file {rel} is not under {data_dir} any more")
-        dst = val_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(src)
-    return len(files)
+    return link_validation_files(meta.get("split", {}).get("validation_files"), data_dir, val_dir)
 
 
 def training_only_record(meta: dict[str, Any]) -> dict[str, Any]:

@@ -749,20 +749,25 @@ chance level (majority class) {result["chance"]["majority"]:.3f}. Intervals are 
 
 def rebuild_validation_folder(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Symlink a model's held-out validation files (hfxray.json ``split.validation_files``) into
-    ``out_dir/<class>/``, so the audit runs on images the model was not trained on. No copies:
-    the audit hashes the link targets."""
+    ``out_dir/<class>/``, so the audit runs on images the model was not trained on."""
     meta = json.loads((Path(model_dir) / "hfxray.json").read_text())
-    files = meta.get("split", {}).get("validation_files")
-    if not files:
-        raise ValueError("hfxray.json has no split.validation_files: retrain with a current hfxray")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new folder for the validation links")
+    link_validation_files(meta.get("split", {}).get("validation_files"), data_dir, out)
+    return out
+
+
+def link_validation_files(files: Sequence[str] | None, data_dir: str | os.PathLike, out_dir: Path) -> int:
+    """Symlink ``files`` (paths relative to ``data_dir``) into ``out_dir``; no copies: the audit hashes
+    the link targets. Returns how many were linked."""
+    if not files:
+        raise ValueError("hfxray.json has no split.validation_files: retrain with a current hfxray")
     for rel in files:
         src = (Path(data_dir) / rel).resolve()
         if not src.is_file():
             raise FileNotFoundError(f"validation file {rel} is not under {data_dir} any more")
-        dst = out / rel
+        dst = out_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
-    return out
+    return len(files)
