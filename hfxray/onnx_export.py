@@ -14,6 +14,7 @@ with the dependencies we already ship, so it is used.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -103,6 +104,40 @@ class _LogitsAndFeatures(torch.nn.Module):
         return logits, captured[-1]
 
 
+def _with_static_padding(model: torch.nn.Module, image_size: int) -> torch.nn.Module:
+    """A copy of ``model`` whose TensorFlow-style 'SAME' convolutions pad by constants.
+
+    timm's ``tf_*`` backbones compute the padding of each strided convolution from the input shape
+    at run time (``Conv2dSame``); traced, that becomes Shape/Ceil/Pad nodes that ONNX Runtime can
+    neither fold into the convolution nor keep in its blocked (NCHWc) layout, and the Pads plus the
+    layout conversions around them cost about a third of the run time. The graph's input size is
+    fixed (S x S), so each padding is a constant: timm's own ``Conv2dSameExport`` computes it on
+    the first call, after which the exported Pad has constant pads and is fused into the Conv.
+    """
+    from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+
+    model = copy.deepcopy(model)
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        if type(module) is Conv2dSame:
+            static = Conv2dSameExport(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                stride=module.stride,
+                dilation=module.dilation,
+                groups=module.groups,
+                bias=module.bias is not None,
+            )
+            static.load_state_dict(module.state_dict())
+            model.set_submodule(name, static)
+            swapped += 1
+    if swapped:
+        with torch.inference_mode():  # fixes every padding for the S x S input
+            model(pixel_values=torch.zeros(1, 3, image_size, image_size))
+    return model.eval()
+
+
 def export_onnx(
     model_dir: str | os.PathLike,
     *,
@@ -136,7 +171,7 @@ def export_onnx(
                 "ignore", DeprecationWarning
             )  # the TorchScript exporter notice; see module doc
             torch.onnx.export(
-                _LogitsAndFeatures(model).eval(),
+                _LogitsAndFeatures(_with_static_padding(model, image_size)).eval(),
                 (dummy,),
                 str(traced_path),
                 dynamo=False,
