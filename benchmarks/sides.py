@@ -108,7 +108,7 @@ def _hfxray_predictor(spec: dict[str, Any], backend: str) -> dict[str, Any]:
             raise RuntimeError(rows[0].error)
 
     def batch(files: Sequence[str]) -> None:
-        rows = predictor.predict_paths(files, batch_size=32)
+        rows = predictor.predict_paths(files)
         bad = [r.error for r in rows if not r.ok]
         if bad:
             raise RuntimeError(f"{len(bad)} files failed, first: {bad[0]}")

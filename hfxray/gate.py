@@ -7,11 +7,11 @@ cheap, each explainable to a user:
 
 1. **Simple checks** on the decoded image: a short side below 64 px, an aspect ratio beyond 2.5:1
    (chest films are between about 0.75:1 and 2:1), or an almost constant image (grey-level
-   standard deviation below 6/255 on a 256 x 256 thumbnail) -> abstain. A short side below the
+   standard deviation below 6/255 on the model's S x S input image) -> abstain. A short side below the
    model's input size is a (non-blocking) warning: the image is upscaled.
 2. **Colour.** A radiograph has one channel. Displayed, scanned or re-encoded it may come out
    grey *or tinted in one hue* (sepia scans, green-tinted exports - the shared training data is
-   such a set), but never in several distinct hues. On a 256 x 256 HSV thumbnail, "coloured"
+   such a set), but never in several distinct hues. On the model's S x S input image (HSV), "coloured"
    pixels have saturation > 50/255 and value > 40/255; the *second-hue share* is the fraction of
    all pixels that are coloured with a hue more than 25 degrees away from the dominant hue.
    Above 1 % -> "looks like a colour photograph" -> abstain. A photo in one hue family (a
@@ -62,7 +62,7 @@ DEFAULT_MAX_COLOURED_SHARE = 0.60
 DEFAULT_QUANTILE = 0.99
 SHRINKAGE = 0.10
 
-_THUMB = 256
+_THUMB = 224  # side of the measured image when the model's input size is unknown
 _SAT_MIN, _VAL_MIN = 50, 40  # of 255, for "clearly coloured" pixels
 _HUE_BINS, _HUE_HALF_WINDOW = 36, 2  # 10-degree bins; dominant hue +- 2 bins (25 degrees)
 
@@ -82,13 +82,21 @@ class GateResult:
     threshold: float | None = None
 
 
-def colour_stats(image: Image.Image) -> tuple[float, float]:
-    """(coloured share, second-hue share) of an image; both 0.0 for a grey radiograph.
+def thumbnail(image: Image.Image, size: int | None = None) -> Image.Image:
+    """The S x S RGB image the checks measure: the model's input image before normalisation.
 
-    Thumbnails use ``reducing_gap=2``: an integer box reduction first, then bilinear - about 4x
-    faster on a 1024 px film than a direct bilinear resize, and the statistics do not need more.
+    Callers that already resized the image for the model (:class:`hfxray.preprocessing.FastProcessor`)
+    pass that image instead, so the gate costs no resize of its own.
     """
-    hsv = np.asarray(image.convert("RGB").resize((_THUMB, _THUMB), Image.BILINEAR, reducing_gap=2.0).convert("HSV"))
+    size = size or _THUMB
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BILINEAR)
+
+
+def colour_stats(image: Image.Image) -> tuple[float, float]:
+    """(coloured share, second-hue share) of an image as given (pass a :func:`thumbnail`); both 0.0
+    for a grey radiograph."""
+    hsv = np.asarray(image.convert("HSV"))
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     coloured = (sat > _SAT_MIN) & (val > _VAL_MIN)
     n_coloured = int(coloured.sum())
@@ -101,8 +109,11 @@ def colour_stats(image: Image.Image) -> tuple[float, float]:
     return n_coloured / coloured.size, outside / coloured.size
 
 
-def simple_checks(image: Image.Image, image_size: int | None = None) -> tuple[list[str], list[str]]:
-    """(blocking reasons, non-blocking warnings) from size, aspect ratio and contrast."""
+def simple_checks(
+    image: Image.Image, image_size: int | None = None, small: Image.Image | None = None
+) -> tuple[list[str], list[str]]:
+    """(blocking reasons, non-blocking warnings) from size, aspect ratio and contrast; the contrast
+    on ``small``, the image's :func:`thumbnail` (made here when not given)."""
     blocking: list[str] = []
     notes: list[str] = []
     w, h = image.size
@@ -113,7 +124,8 @@ def simple_checks(image: Image.Image, image_size: int | None = None) -> tuple[li
     aspect = max(w, h) / max(1, min(w, h))
     if aspect > MAX_ASPECT:
         blocking.append(f"extreme aspect ratio ({w}x{h} px, {aspect:.1f}:1); not a chest film")
-    grey = np.asarray(image.convert("L").resize((_THUMB, _THUMB), Image.BILINEAR, reducing_gap=2.0), dtype=np.float32)
+    small = small if small is not None else thumbnail(image, image_size)
+    grey = np.asarray(small.convert("L"), dtype=np.float32)
     if float(grey.std()) < MIN_GREY_STD:
         blocking.append("image is almost uniform (no visible structure)")
     return blocking, notes
@@ -202,7 +214,7 @@ def fit_gate(
     var = (1.0 - SHRINKAGE) * var + SHRINKAGE * var.mean() + 1e-6
     val_dist = _rms_z(val_feats, mean, var)
     threshold = float(np.quantile(val_dist, quantile))
-    coloured = [colour_stats(im)[0] for im in (*fit, *validation)]
+    coloured = [colour_stats(thumbnail(im, image_size))[0] for im in (*fit, *validation)]
     return {
         "method": GATE_METHOD,
         "feature": "penultimate",
@@ -284,11 +296,15 @@ class InputGate:
             raise ValueError("this gate has no feature statistics")
         return _rms_z(np.asarray(features, dtype=np.float64), self._mean, self._var)
 
-    def check(self, image: Image.Image, features: np.ndarray | None = None) -> GateResult:
-        """Run all checks on one decoded image. ``features``: its penultimate features, if the
-        caller already computed them in its own forward pass (saves a second pass)."""
-        blocking, notes = simple_checks(image, self.image_size)
-        coloured, second_hue = colour_stats(image)
+    def image_checks(self, image: Image.Image, small: Image.Image | None = None) -> tuple[list[str], list[str]]:
+        """(blocking reasons, notes) of the checks that need only the image: size, contrast, colour.
+
+        Separate from :meth:`check` so that prediction can run them in its decoding threads, next to
+        the resize that made ``small`` (the image's S x S :func:`thumbnail`, made here when not given).
+        """
+        small = small if small is not None else thumbnail(image, self.image_size)
+        blocking, notes = simple_checks(image, self.image_size, small)
+        coloured, second_hue = colour_stats(small)
         if second_hue > MAX_SECOND_HUE_SHARE:
             blocking.append(
                 f"looks like a colour photograph ({second_hue:.0%} of the image in a second colour); "
@@ -299,11 +315,29 @@ class InputGate:
                 f"looks like a colour photograph ({coloured:.0%} of the image strongly coloured, "
                 f"above the {self.max_coloured_share:.0%} limit set from the training films)"
             )
+        return blocking, notes
+
+    def check(
+        self,
+        image: Image.Image | None,
+        features: np.ndarray | None = None,
+        small: Image.Image | None = None,
+        image_checks: tuple[list[str], list[str]] | None = None,
+    ) -> GateResult:
+        """Run all checks on one decoded image. What the caller already computed saves work:
+        ``features`` (its penultimate features: no second model pass), ``small`` (its S x S
+        :func:`thumbnail`) or the whole result of :meth:`image_checks` (then ``image`` may be None
+        unless the feature check must run the model itself)."""
+        if image_checks is None:
+            if image is None:
+                raise ValueError("check() needs the image or the result of image_checks()")
+            image_checks = self.image_checks(image, small)
+        blocking, notes = list(image_checks[0]), list(image_checks[1])
         dist = None
         if self.stats is None:
             notes.append(NO_STATS_WARNING)
         else:
-            if features is None and self.model is not None and self.processor is not None:
+            if features is None and image is not None and self.model is not None and self.processor is not None:
                 pixel_values = self.processor(images=[image.convert("RGB")], return_tensors="pt")[
                     "pixel_values"
                 ]

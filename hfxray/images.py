@@ -130,6 +130,7 @@ def load_image(
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_BYTES,
     min_side: int = MIN_SIDE,
+    grey: bool = False,
 ) -> Image.Image:
     """Decode ``source`` into a fully loaded ``PIL.Image`` in mode ``"RGB"``.
 
@@ -141,6 +142,9 @@ def load_image(
         max_pixels: refuse images whose header declares more pixels than this.
         max_bytes: refuse inputs larger than this many bytes.
         min_side: refuse images smaller than this on either side.
+        grey: return single-channel (8- or 16-bit) PNG/JPEG/TIFF films in mode ``"L"`` instead,
+            with the same values in every channel once converted to RGB. Prediction uses it:
+            resizing one channel instead of three makes a grey 1024 px film's resize twice as fast.
 
     Raises:
         ImageReadError: with a one-line reason naming the file, for anything that is not a
@@ -158,7 +162,7 @@ def load_image(
         img = _decode_dicom(data, name, max_pixels, min_side)
     else:
         img = _decode_pil(data, name, max_pixels, min_side, draft_size)
-        img = _to_rgb(img, name)
+        img = _to_rgb(img, name, keep_grey=grey)
 
     if draft_size is not None:
         img = _reduce(img, draft_size)
@@ -336,13 +340,15 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(text) and sum(ch.isprintable() or ch.isspace() for ch in text) >= 0.95 * len(text)
 
 
-def _to_rgb(img: Image.Image, name: str) -> Image.Image:
-    """Bring any Pillow mode to 8-bit RGB by the rules in the module docstring."""
+def _to_rgb(img: Image.Image, name: str, keep_grey: bool = False) -> Image.Image:
+    """Bring any Pillow mode to 8-bit RGB by the rules in the module docstring (8-bit grey ``"L"``
+    for single-channel images when ``keep_grey``)."""
     mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
+    if (mode == "RGB" or (keep_grey and mode == "L")) and "transparency" not in img.info:
         return img
     if mode in _DEEP_MODES:
-        return Image.fromarray(_to_uint8(np.asarray(img)), mode="L").convert("RGB")
+        grey = Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
+        return grey if keep_grey else grey.convert("RGB")
     if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         # Composite on black: see the module docstring (radiograph backgrounds are dark).
         rgba = img.convert("RGBA")

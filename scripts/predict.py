@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 
 from hfxray import DISCLAIMER
 from hfxray.cli import fail
+from hfxray.inference import DEFAULT_BATCH_SIZE
 
 # Up to this many files, each prediction (with its probabilities) is also printed.
 PRINT_ROWS_UP_TO = 10
@@ -47,7 +48,7 @@ class PredictArguments:
             "choices": ["auto", "onnx", "torch"],
         },
     )
-    batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Images per forward pass."})
 
 
 def main(argv: list[str] | None = None) -> int:

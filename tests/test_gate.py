@@ -102,6 +102,22 @@ def test_features_from_the_caller_give_the_same_answer(fitted, shared_data):
     assert gate.check(image, features=features).distance == pytest.approx(gate.check(image).distance)
 
 
+def test_image_checks_computed_apart_give_the_same_answer(fitted):
+    """Prediction runs the image checks in its decoding threads and the feature check after the model."""
+    gate, unseen = fitted
+    for image in (load_image(unseen[1], draft_size=224), photos()["astronaut"]):
+        whole = gate.check(image)
+        parts = gate.check(None, image_checks=gate.image_checks(image))
+        assert parts.distance is None  # neither image nor features: the feature check cannot run...
+        assert any("feature-space check skipped" in w for w in parts.warnings)  # ...and says so
+        pixel_values = gate.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+        split = gate.check(None, features=extract_features(gate.model, pixel_values), image_checks=gate.image_checks(image))
+        assert (split.ok, split.warnings) == (whole.ok, whole.warnings)
+        assert split.distance == pytest.approx(whole.distance)
+    with pytest.raises(ValueError, match="needs the image"):
+        gate.check(None)
+
+
 def test_colour_checks_without_statistics():
     gate = InputGate(None)
     assert not gate.has_feature_stats

@@ -475,3 +475,18 @@ def test_draft_size_reduces_other_formats(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(img)[:, :, 0], expected)
     small = load_image(path, draft_size=512)  # 1500 <= 4 * 512: left alone
     assert small.size == (2000, 1500)
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "LA"])
+def test_grey_option_keeps_one_channel_with_the_same_values(tmp_path: Path, gray: np.ndarray, mode: str) -> None:
+    """grey=True: single-channel films come back as "L"; everything else exactly as without it."""
+    path = tmp_path / "x.png"
+    if mode == "I;16":
+        Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+    elif mode == "LA":
+        Image.fromarray(np.dstack([gray, np.full((H, W), 255, np.uint8)]), "LA").save(path)
+    else:
+        Image.fromarray(gray if mode == "L" else _rgb_of(gray), mode).save(path)
+    kept = load_image(path, grey=True)
+    assert kept.mode == ("L" if mode in ("L", "I;16") else "RGB")
+    np.testing.assert_array_equal(np.asarray(kept.convert("RGB")), np.asarray(load_image(path)))

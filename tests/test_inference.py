@@ -92,6 +92,21 @@ def test_predict_paths_keeps_order_and_reports_bad_files(predictor, shared_data,
         assert row.predicted == predictor.classes[int(np.argmax(exp))]
 
 
+def test_grey_film_file_gives_the_probabilities_of_its_rgb_decoding(predictor, shared_data, tmp_path):
+    """Files are decoded keeping grey films in one channel (faster); the answer must not change."""
+    from PIL import Image
+
+    path = tmp_path / "grey.png"
+    load_image(_radiograph_paths(shared_data, 1)[0]).convert("L").save(path)
+    (row,) = predictor.predict_paths([path])
+    rows = predictor.predict_paths([path, path, path], batch_size=2)
+    expected = predictor.predict_images([load_image(path, draft_size=224)])[0]
+    assert load_image(path, draft_size=224, grey=True).mode == "L"
+    assert Image.open(path).mode == "L"
+    for r in (row, *rows):
+        np.testing.assert_allclose([r.probs[c] for c in predictor.classes], expected, atol=1e-6)
+
+
 def test_small_image_gets_a_warning_but_a_prediction(predictor, tmp_path):
     from PIL import Image
 

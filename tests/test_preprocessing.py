@@ -1,0 +1,73 @@
+"""FastProcessor gives exactly the saved image processor's pixel values, only faster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
+
+from hfxray.images import load_image
+from hfxray.modeling import load_processor
+from hfxray.preprocessing import FastProcessor
+
+
+def _films(shared_data: Path, tmp_path: Path) -> list[Image.Image]:
+    """Real radiographs as every consumer decodes them, plus the awkward cases."""
+    paths = [p for d in sorted(shared_data.iterdir()) if d.is_dir() for p in sorted(d.iterdir())[:3]]
+    paths += sorted(shared_data.rglob("*.png"))[:2]  # the PNGs of the set are larger, other sizes
+    films = [load_image(p, draft_size=224) for p in paths]
+    grey = films[0].convert("L")
+    grey.save(tmp_path / "grey.png")
+    films += [
+        load_image(tmp_path / "grey.png", draft_size=224, grey=True),  # mode L: resized before RGB
+        grey.resize((150, 100)).convert("RGB"),  # smaller than the input size: upscaled
+        films[1].crop((0, 0, films[1].width, films[1].height // 3)),  # wide strip
+    ]
+    assert {im.mode for im in films} == {"RGB", "L"}
+    return films
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        "bundled",
+        ViTImageProcessorPil(
+            size={"height": 192, "width": 192},
+            resample=Image.Resampling.BICUBIC,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        ),
+        ViTImageProcessorPil(size={"height": 224, "width": 224}, do_normalize=False),
+    ],
+    ids=["bundled", "imagenet-bicubic-192", "rescale-only"],
+)
+def test_bit_identical_to_the_processor(processor, bundled_model_dir, shared_data, tmp_path):
+    if processor == "bundled":
+        processor = load_processor(bundled_model_dir)
+    fast = FastProcessor.from_processor(processor)
+    assert fast is not None
+    films = _films(shared_data, tmp_path)
+    expected = np.asarray(
+        processor(images=[im.convert("RGB") for im in films], return_tensors="np")["pixel_values"]
+    )
+    got = fast(films)
+    assert got.dtype == expected.dtype == np.float32
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    assert np.ptp(got) > 0.5  # real contrast, not a constant that would match trivially
+
+
+def test_other_processors_are_left_to_the_processor():
+    """Shortest-edge resizes with centre crops (ConvNeXt, ResNet) are not what FastProcessor does."""
+    assert FastProcessor.from_processor(ConvNextImageProcessorPil()) is None
+    assert FastProcessor.from_processor(ViTImageProcessorPil(size={"height": 224, "width": 160})) is None
+    assert FastProcessor.from_processor(object()) is None
+
+
+def test_wrong_input_is_refused(bundled_model_dir):
+    fast = FastProcessor.from_processor(load_processor(bundled_model_dir))
+    with pytest.raises(ValueError, match="224x224 RGB"):
+        fast.to_array(Image.new("RGB", (100, 100)))
