@@ -62,6 +62,20 @@ class PredictionRow:
 
 
 @dataclass
+class ImageAnalysis:
+    """One image's answer with what a caller needs to explain it: the probabilities, the input gate's
+    verdict, and the exact (3, S, S) pixel values the model saw (e.g. for a Grad-CAM heatmap)."""
+
+    probs: np.ndarray  # (C,) float64, in Predictor.classes order
+    gate: Any  # hfxray.gate.GateResult
+    pixel_values: np.ndarray
+
+    @property
+    def predicted_index(self) -> int:
+        return int(np.argmax(self.probs))
+
+
+@dataclass
 class _Prepared:
     """One file made ready for the model in a worker thread: decoded, resized, normalised."""
 
@@ -385,6 +399,14 @@ class Predictor:
             if gated:
                 warnings += [None if r.ok else "; ".join(r.warnings) for r in self._gate_rows(prepared, features)]
         return softmax(logits), (warnings if gated else None)
+
+    def analyse_image(self, image: Image.Image) -> ImageAnalysis:
+        """Probabilities, gate verdict and pixel values of one decoded image, from one forward pass of
+        this predictor's backend (ONNX Runtime when the directory has ``model.onnx``)."""
+        prepared = self._prepare_image(image)
+        logits, features = self._forward(prepared.pixels[None])
+        (verdict,) = self._gate_rows([prepared], features)
+        return ImageAnalysis(probs=softmax(logits)[0], gate=verdict, pixel_values=prepared.pixels)
 
     # ---------------------------------------------------------------- files
     def _decode_one(self, path: str) -> tuple[Image.Image | None, str | None]:

@@ -2,10 +2,11 @@
 
 All logic lives here; ``space/app.py`` only calls :func:`main`. Design choices:
 
-* One model pass per image: :func:`hfxray.gradcam.explain` returns the probabilities, the heatmap
-  and the penultimate features (for the input gate) of the same forward/backward pass, on the
-  model directory's own preprocessing (``Predictor.preprocess``) and decoder (``load_image`` with
-  ``draft_size``), so the Space agrees with ``scripts/predict.py``.
+* The probabilities and the input gate come from the same :class:`hfxray.inference.Predictor` as
+  ``scripts/predict.py`` - ONNX Runtime when the model directory has ``model.onnx`` - on the same
+  decoder (``load_image`` with ``draft_size``) and preprocessing, so both show the same numbers.
+  The Grad-CAM heatmap needs gradients, so PyTorch computes it, for the class ONNX Runtime chose,
+  from the very pixel values the predictor used.
 * The input gate (:mod:`hfxray.gate`) runs before an answer is shown; when it abstains the user
   sees "outside what this model has seen", the reasons, and no class probabilities.
 * Offline: analytics off (``GRADIO_ANALYTICS_ENABLED=False`` and ``analytics_enabled=False``), a
@@ -50,7 +51,7 @@ from hfxray import DISCLAIMER, __version__
 from hfxray.gate import InputGate
 from hfxray.gradcam import explain, find_target_layer, overlay
 from hfxray.images import MAX_BYTES, ImageReadError, load_image
-from hfxray.inference import Predictor, softmax
+from hfxray.inference import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +123,12 @@ class XrayService:
 
     def __init__(self, model: str | os.PathLike | None = None) -> None:
         source = model if model is not None else os.environ.get(ENV_MODEL) or None
-        # torch backend: Grad-CAM needs gradients, and one pass gives probabilities + heatmap.
-        self.predictor = Predictor.from_pretrained(source, backend="torch")
-        self.model = self.predictor.model
+        self.predictor = Predictor.from_pretrained(source)  # ONNX Runtime when the directory has model.onnx
+        # PyTorch weights for the heatmap (Grad-CAM needs gradients), shared when the predictor uses torch
+        self.model = self.predictor.model if self.predictor.model is not None else _torch_model(self.predictor)
         self.classes = list(self.predictor.classes)
         self.image_size = int(self.predictor.image_size)
+        # the gate with its own PyTorch feature pass, for callers that check an image on its own
         self.gate = InputGate.from_model_dir(self.predictor.model_dir, self.model, self.predictor.processor)
         self.layer = find_target_layer(self.model, torch.zeros(1, 3, self.image_size, self.image_size))
         self._lock = threading.Lock()
@@ -156,12 +158,12 @@ class XrayService:
         return self.predictor.model_dir.name
 
     def analyse_image(self, image: Image.Image, name: str) -> FileResult:
-        pixel_values = torch.from_numpy(self.predictor.preprocess([image]))
+        analysis = self.predictor.analyse_image(image)
+        pixel_values = torch.from_numpy(analysis.pixel_values[None])
         with self._lock:
-            out = explain(self.model, pixel_values, layer=self.layer)
-        # the Predictor's float64 softmax, so the numbers match scripts/predict.py's CSV
-        probs = {c: float(p) for c, p in zip(self.classes, softmax(out.logits)[0], strict=True)}
-        gate = self.gate.check(image, features=out.features[0])
+            out = explain(self.model, pixel_values, target_class=analysis.predicted_index, layer=self.layer)
+        probs = {c: float(p) for c, p in zip(self.classes, analysis.probs, strict=True)}
+        gate = analysis.gate
         shown = _display(image)
         result = FileResult(
             name=name,
@@ -234,6 +236,13 @@ class XrayService:
         for folder in self._csv_dir.iterdir():
             if folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _torch_model(predictor: Predictor) -> torch.nn.Module:
+    from hfxray.modeling import load_model
+
+    model, _ = load_model(predictor.model_dir)
+    return model.eval()
 
 
 def _uploaded_paths(files: Any) -> list[str]:

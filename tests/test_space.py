@@ -235,3 +235,26 @@ def test_service_uses_the_model_dirs_gate(tiny_model_dir, shared_data, tmp_path)
     assert films[0].distance == pytest.approx(service.gate.check(image).distance, rel=1e-4)
     answered = [f for f in films if not f.abstained]
     assert answered and all(sum(f.probs.values()) == pytest.approx(1.0) for f in answered)
+
+
+def test_space_probabilities_come_from_onnx_runtime_like_predict(bundled_model_dir, shared_data):
+    """The bundled model ships model.onnx: the Space answers with ONNX Runtime, with the numbers
+    scripts/predict.py writes, and PyTorch only draws the heatmap."""
+    from hfxray.inference import Predictor
+    from hfxray.space_app import XrayService
+
+    service = XrayService(bundled_model_dir)
+    assert service.predictor.backend == "onnx" and service.predictor.model is None
+    assert service.model is not None  # the PyTorch weights, for Grad-CAM only
+    paths = _radiographs(shared_data, 3)
+    results = [service.analyse_path(p) for p in paths]
+    onnx_rows = Predictor.from_pretrained(bundled_model_dir).predict_paths(paths)
+    torch_rows = Predictor.from_pretrained(bundled_model_dir, backend="torch").predict_paths(paths)
+    for result, onnx_row, torch_row in zip(results, onnx_rows, torch_rows, strict=True):
+        assert result.error is None and not result.abstained, result.warnings
+        classes = list(result.probs)
+        np.testing.assert_allclose([result.probs[c] for c in classes], [onnx_row.probs[c] for c in classes], atol=1e-6)
+        np.testing.assert_allclose([result.probs[c] for c in classes], [torch_row.probs[c] for c in classes], atol=1e-4)
+        assert result.predicted == onnx_row.predicted == torch_row.predicted
+        assert result.heatmap is not None and result.heatmap.size == result.image.size
+    assert len({r.predicted for r in results}) > 1  # the three films are not all given one class
