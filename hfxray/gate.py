@@ -304,7 +304,8 @@ class InputGate:
         """
         small = small if small is not None else thumbnail(image, self.image_size)
         blocking, notes = simple_checks(image, self.image_size, small)
-        coloured, second_hue = colour_stats(small)
+        # a one-channel image has no saturation anywhere: its colour statistics are exactly zero
+        coloured, second_hue = (0.0, 0.0) if image.mode == "L" else colour_stats(small)
         if second_hue > MAX_SECOND_HUE_SHARE:
             blocking.append(
                 f"looks like a colour photograph ({second_hue:.0%} of the image in a second colour); "

@@ -261,7 +261,8 @@ class Predictor:
         return predictor
 
     @staticmethod
-    def _make_session(onnx_path: Path, num_threads: int | None) -> Any:
+    def _make_session(onnx_path: Path, num_threads: int | None, spinning: bool = True) -> Any:
+        """``spinning``: let ORT's threads busy-wait between operators (lowest latency for one image)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -269,9 +270,7 @@ class Predictor:
         options.inter_op_num_threads = 1  # one sequential graph: inter-op threads would only idle
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between operators: on 2 cores the spinning threads steal the time the file
-        # path's decoding threads need (batch 95 -> 115 img/s, single image +0.8 ms; benchmarks/).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
 
     def _check_num_classes(self) -> None:
@@ -307,10 +306,24 @@ class Predictor:
         image, error = self._decode_one(path)
         return _Prepared(error=error) if image is None else self._prepare_image(image)
 
-    def _forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    @functools.cached_property
+    def _pipelined_session(self) -> Any:
+        """The session for :meth:`predict_paths` over several files: the same graph without busy-waiting.
+
+        A spinning ORT thread keeps its core while it waits for the next operator - good for one
+        image's latency (about 0.8 ms on 2 cores), bad when decoding threads need that core: there,
+        spinning cost 15-20 % of the throughput. ORT sets this per session, hence a second one,
+        built on the first multi-file call (about 15 MB).
+        """
+        onnx_path = self.model_dir / ONNX_FILENAME
+        if self.backend != "onnx" or not onnx_path.is_file():
+            return self.session
+        return self._make_session(onnx_path, self.num_threads, spinning=False)
+
+    def _forward(self, pixel_values: np.ndarray, session: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits, penultimate features or None) from one forward pass; the features feed the input gate."""
         if self.backend == "onnx":
-            outputs = self.session.run(None, {self._input_name: pixel_values})
+            outputs = (session or self.session).run(None, {self._input_name: pixel_values})
             return outputs[0], (outputs[1] if len(outputs) > 1 else None)  # older exports: logits only
         import torch
 
@@ -437,13 +450,14 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         paths = [str(p) for p in paths]
         if len(paths) == 1:  # a single file (the Space, a doctor's one-off): a pool would cost more than it saves
-            rows = self._rows(paths, [self._prepare_path(paths[0])])
+            rows = self._rows(paths, [self._prepare_path(paths[0])], self.session)
             if progress is not None:
                 progress(1)
             return rows
-        workers = num_workers or min(4, physical_cores() + 1)
+        workers = num_workers or physical_cores()  # the model's threads take turns with these
         rows: list[PredictionRow] = []
         _ = self.gate  # built once here, not raced for by the worker threads
+        session = self._pipelined_session
         with ThreadPoolExecutor(max_workers=workers) as pool:
             upcoming = iter(paths)
             pending = deque(pool.submit(self._prepare_path, p) for p in islice(upcoming, 2 * batch_size))
@@ -451,18 +465,18 @@ class Predictor:
                 chunk = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
                 # refill what was taken, keeping two batches in flight
                 pending.extend(pool.submit(self._prepare_path, p) for p in islice(upcoming, len(chunk)))
-                rows += self._rows(paths[len(rows) : len(rows) + len(chunk)], chunk)
+                rows += self._rows(paths[len(rows) : len(rows) + len(chunk)], chunk, session)
                 if progress is not None:
                     progress(len(chunk))
         return rows
 
-    def _rows(self, paths: Sequence[str], prepared: Sequence[_Prepared]) -> list[PredictionRow]:
+    def _rows(self, paths: Sequence[str], prepared: Sequence[_Prepared], session: Any) -> list[PredictionRow]:
         """One forward pass over the readable files of a batch, then the gate, then a row per file."""
         good = [i for i, p in enumerate(prepared) if p.error is None]
         done: dict[int, PredictionRow] = {}
         if good:
             ready = [prepared[i] for i in good]
-            logits, features = self._forward(np.stack([p.pixels for p in ready]))
+            logits, features = self._forward(np.stack([p.pixels for p in ready]), session)
             verdicts = self._gate_rows(ready, features)
             for i, p, verdict in zip(good, softmax(logits), verdicts, strict=True):
                 done[i] = PredictionRow(

@@ -82,7 +82,10 @@ class FastProcessor:
         pixels = np.asarray(resized)
         if pixels.shape != (self.size, self.size, 3):
             raise ValueError(f"expected a {self.size}x{self.size} RGB image, got {pixels.shape}")
-        return np.stack([self.table[c][pixels[..., c]] for c in range(3)])
+        out = np.empty((3, self.size, self.size), dtype=np.float32)
+        for c in range(3):  # np.take into the output: a third of the time of indexing and stacking
+            np.take(self.table[c], pixels[..., c], out=out[c])
+        return out
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 3, S, S) float32, bit-identical to ``processor(images=..., return_tensors="np")``."""

@@ -17,6 +17,7 @@ from hfxray.gate import (
     extract_features,
     fit_gate,
     simple_checks,
+    thumbnail,
     write_gate,
 )
 from hfxray.images import load_image
@@ -127,6 +128,14 @@ def test_colour_checks_without_statistics():
     assert not chelsea.ok and "strongly coloured" in chelsea.warnings[0]
     grey = gate.check(Image.fromarray(data.camera()).convert("RGB"))
     assert grey.ok and grey.warnings == [NO_STATS_WARNING] and grey.distance is None
+
+
+def test_grey_image_shortcut_matches_the_colour_statistics(shared_data):
+    """Grey ("L") images skip the HSV pass: their statistics must really be zero."""
+    gate = InputGate(None)
+    grey = load_image(_radiograph_paths(shared_data)[0], draft_size=224).convert("L")
+    assert colour_stats(thumbnail(grey, 224)) == (0.0, 0.0)
+    assert gate.image_checks(grey) == gate.image_checks(grey.convert("RGB"))
 
 
 def test_tinted_radiographs_pass_the_colour_check(shared_data):
