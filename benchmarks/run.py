@@ -346,6 +346,14 @@ def table_lines(results: dict[str, Any]) -> list[str]:
             note = (f"{e['flops_per_image'] / 1e9:.2f} GFLOP/image, {_fmt(e.get('achieved_gflops'))} GFLOP/s = "
                     f"{_fmt(100 * e['matmul_share'], '.1f', '%')} of matmul")
         lines.append(f"| batch, real radiographs | {label} | {text} | {_fmt(e.get('peak_rss_mib'), '.0f', ' MiB')} | {note} |")
+        if "profile" in e:
+            pr = e["profile"]
+            lines.append(
+                f"| batch path profile | {label} | decode {pr['decode_ms']:.1f} ms + prepare {pr['prepare_ms']:.1f} ms "
+                f"(1 thread) + model {pr['model_ms']:.1f} ms x {pr['model_threads']} threads = "
+                f"{pr['core_ms_per_image']:.1f} core-ms per image | | ceiling {pr['ceiling_images_per_s']:.0f} images/s "
+                f"on these cores; model alone {pr['model_alone_images_per_s']:.0f} images/s |"
+            )
     for side, label in TRAINING_SIDES.items():
         e = results["training"].get(side, {})
         text = status(e) or (

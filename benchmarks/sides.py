@@ -95,6 +95,47 @@ def forward_flops(model: Any, image_size: int, *, hf: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------------ sides
+def batch_profile(predictor: Any, files: Sequence[str]) -> dict[str, float]:
+    """Where the batch path's CPU time goes, per image, each stage alone on the same files.
+
+    decode and prepare (resize, normalise, the gate's image checks) run on one thread each in the
+    real pipeline, the model on all the session's threads; ``ceiling_images_per_s`` is what the
+    cores could do if the pipeline overlapped the stages perfectly: cores / core-seconds per image.
+    """
+    import numpy as np
+
+    from hfxray.images import load_image
+
+    images, t = [], time.perf_counter()
+    for f in files:
+        images.append(load_image(f, draft_size=predictor.image_size, grey=True))
+    decode = (time.perf_counter() - t) / len(files)
+    fast, gate = predictor.fast_processor, predictor.gate
+    pixels, t = [], time.perf_counter()
+    for image in images:
+        small = fast.resize(image)
+        pixels.append(fast.to_array(small))
+        gate.image_checks(image, small)
+    prepare = (time.perf_counter() - t) / len(files)
+    batch = np.stack(pixels)
+    predictor.predict_pixel_values(batch[:8])  # warm-up
+    t = time.perf_counter()
+    predictor.predict_pixel_values(batch, batch_size=8)
+    model = (time.perf_counter() - t) / len(files)
+    threads = predictor.session.get_session_options().intra_op_num_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    core_s = decode + prepare + model * threads
+    return {
+        "decode_ms": 1000 * decode,
+        "prepare_ms": 1000 * prepare,
+        "model_ms": 1000 * model,
+        "model_threads": threads,
+        "model_alone_images_per_s": 1 / model,
+        "core_ms_per_image": 1000 * core_s,
+        "ceiling_images_per_s": cores / core_s,
+    }
+
+
 def _hfxray_predictor(spec: dict[str, Any], backend: str) -> dict[str, Any]:
     """hfxray's own inference path: Predictor (ONNX Runtime when the dir has model.onnx) on files."""
     from hfxray.inference import Predictor
@@ -115,6 +156,8 @@ def _hfxray_predictor(spec: dict[str, Any], backend: str) -> dict[str, Any]:
 
     out["latency"] = time_latency(single, warmup=spec["warmup"], iters=spec["iters"])
     out["batch"] = time_batch(batch, spec["batch_files"], repeats=spec["repeats"])
+    if predictor.backend == "onnx" and predictor.fast_processor is not None:
+        out["batch"]["profile"] = batch_profile(predictor, spec["batch_files"])
     if predictor.model is not None:
         out["flops_per_image"] = forward_flops(predictor.model, predictor.image_size, hf=True)
     return out

@@ -94,3 +94,7 @@ def test_quick_benchmark_writes_complete_results(shared_data, tmp_path):
         assert _positive(ratios["latency_p50_fastai_over_hfxray"]) and _positive(ratios["batch_hfxray_over_fastai"])
         assert any("than the fastai recipe" in line for line in r["headline"])
     assert r["table"] and all(line.startswith("|") for line in r["table"])
+    # the bundled model ships model.onnx: the default side's batch entry carries the stage profile
+    profile = r["batch"]["hfxray_default"]["profile"]
+    assert all(_positive(profile[k]) for k in ("decode_ms", "prepare_ms", "model_ms", "ceiling_images_per_s"))
+    assert any(line.startswith("| batch path profile |") for line in r["table"])
