@@ -106,22 +106,28 @@ def batch_profile(predictor: Any, files: Sequence[str]) -> dict[str, float]:
 
     from hfxray.images import load_image
 
-    images, t = [], time.perf_counter()
-    for f in files:
-        images.append(load_image(f, draft_size=predictor.image_size, grey=True))
-    decode = (time.perf_counter() - t) / len(files)
     fast, gate = predictor.fast_processor, predictor.gate
-    pixels, t = [], time.perf_counter()
-    for image in images:
+    decode = prepare = 0.0
+    first_batch: list[np.ndarray] = []
+    for f in files:  # one file at a time, as the pipeline does: no decoded folder held in memory
+        t = time.perf_counter()
+        image = load_image(f, draft_size=predictor.image_size, grey=True)
+        decode += time.perf_counter() - t
+        t = time.perf_counter()
         small = fast.resize(image)
-        pixels.append(fast.to_array(small))
+        pixels = fast.to_array(small)
         gate.image_checks(image, small)
-    prepare = (time.perf_counter() - t) / len(files)
-    batch = np.stack(pixels)
-    predictor.predict_pixel_values(batch[:8])  # warm-up
+        prepare += time.perf_counter() - t
+        if len(first_batch) < 8:
+            first_batch.append(pixels)
+    decode, prepare = decode / len(files), prepare / len(files)
+    batch = np.stack(first_batch)
+    predictor.predict_pixel_values(batch)  # warm-up
+    passes = max(1, len(files) // len(batch))
     t = time.perf_counter()
-    predictor.predict_pixel_values(batch, batch_size=8)
-    model = (time.perf_counter() - t) / len(files)
+    for _ in range(passes):
+        predictor.predict_pixel_values(batch, batch_size=8)
+    model = (time.perf_counter() - t) / (passes * len(batch))
     threads = predictor.session.get_session_options().intra_op_num_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     core_s = decode + prepare + model * threads
