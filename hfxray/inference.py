@@ -25,6 +25,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from hfxray.preprocessing import FastProcessor
+
 logger = logging.getLogger(__name__)
 
 ONNX_FILENAME = "model.onnx"
@@ -193,8 +195,6 @@ class Predictor:
         self.model = model
         self.num_threads = num_threads
         self.metadata = read_model_metadata(self.model_dir)
-        from hfxray.preprocessing import FastProcessor
-
         # the processor's exact computation without its per-call overhead (None: use the processor)
         self.fast_processor = FastProcessor.from_processor(processor)
         if session is not None:
@@ -390,11 +390,14 @@ class Predictor:
             self.metadata.get("gate"), model=None, processor=self.processor, image_size=self.image_size
         )
 
-    def _gate_rows(self, prepared: Sequence[_Prepared], features: np.ndarray | None) -> list[Any]:
-        return [
+    def _infer(self, prepared: Sequence[_Prepared], session: Any = None) -> tuple[np.ndarray, list[Any]]:
+        """Probabilities (n, C) and the gate's verdicts of prepared images, from one forward pass."""
+        logits, features = self._forward(np.stack([p.pixels for p in prepared]), session)
+        verdicts = [
             self.gate.check(None, features=None if features is None else features[i], image_checks=p.checks)
             for i, p in enumerate(prepared)
         ]
+        return softmax(logits), verdicts
 
     def predict_images_gated(
         self, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH_SIZE
@@ -403,23 +406,19 @@ class Predictor:
         when it passes), from one forward pass per batch. The warnings are None when the model has no
         gate statistics (then only the generic checks could run, see ``predict_paths``)."""
         images = list(images)
-        gated = bool(self.metadata.get("gate"))
-        logits = np.empty((len(images), len(self.classes)), dtype=np.float32)
+        probs = np.empty((len(images), len(self.classes)), dtype=np.float64)
         warnings: list[str | None] = []
         for sl in _batches(len(images), batch_size):
-            prepared = [self._prepare_image(im) for im in images[sl]]
-            logits[sl], features = self._forward(np.stack([p.pixels for p in prepared]))
-            if gated:
-                warnings += [None if r.ok else "; ".join(r.warnings) for r in self._gate_rows(prepared, features)]
-        return softmax(logits), (warnings if gated else None)
+            probs[sl], verdicts = self._infer([self._prepare_image(im) for im in images[sl]])
+            warnings += [None if r.ok else "; ".join(r.warnings) for r in verdicts]
+        return probs, (warnings if self.metadata.get("gate") else None)
 
     def analyse_image(self, image: Image.Image) -> ImageAnalysis:
         """Probabilities, gate verdict and pixel values of one decoded image, from one forward pass of
         this predictor's backend (ONNX Runtime when the directory has ``model.onnx``)."""
         prepared = self._prepare_image(image)
-        logits, features = self._forward(prepared.pixels[None])
-        (verdict,) = self._gate_rows([prepared], features)
-        return ImageAnalysis(probs=softmax(logits)[0], gate=verdict, pixel_values=prepared.pixels)
+        probs, (verdict,) = self._infer([prepared])
+        return ImageAnalysis(probs=probs[0], gate=verdict, pixel_values=prepared.pixels)
 
     # ---------------------------------------------------------------- files
     def _decode_one(self, path: str) -> tuple[Image.Image | None, str | None]:
@@ -475,10 +474,8 @@ class Predictor:
         good = [i for i, p in enumerate(prepared) if p.error is None]
         done: dict[int, PredictionRow] = {}
         if good:
-            ready = [prepared[i] for i in good]
-            logits, features = self._forward(np.stack([p.pixels for p in ready]), session)
-            verdicts = self._gate_rows(ready, features)
-            for i, p, verdict in zip(good, softmax(logits), verdicts, strict=True):
+            probs, verdicts = self._infer([prepared[i] for i in good], session)
+            for i, p, verdict in zip(good, probs, verdicts, strict=True):
                 done[i] = PredictionRow(
                     path=paths[i],
                     # the gate abstains: no class, but the probabilities stay visible

@@ -48,7 +48,6 @@ import torch
 from PIL import Image
 
 from hfxray import DISCLAIMER, __version__
-from hfxray.gate import InputGate
 from hfxray.gradcam import explain, find_target_layer, overlay
 from hfxray.images import MAX_BYTES, ImageReadError, load_image
 from hfxray.inference import Predictor
@@ -128,8 +127,6 @@ class XrayService:
         self.model = self.predictor.model if self.predictor.model is not None else _torch_model(self.predictor)
         self.classes = list(self.predictor.classes)
         self.image_size = int(self.predictor.image_size)
-        # the gate with its own PyTorch feature pass, for callers that check an image on its own
-        self.gate = InputGate.from_model_dir(self.predictor.model_dir, self.model, self.predictor.processor)
         self.layer = find_target_layer(self.model, torch.zeros(1, 3, self.image_size, self.image_size))
         self._lock = threading.Lock()
         self._csv_dir = Path(tempfile.mkdtemp(prefix="hfxray-space-csv-"))
@@ -270,6 +267,15 @@ def _forget_upload(path: str, cache_dir: str) -> None:
             p.parent.rmdir()
 
 
+def _result_widgets(prefix: str, n_classes: int) -> tuple[gr.Label, gr.Markdown, gr.Textbox]:
+    """Class probabilities, result text and warnings of one film: the same in both tabs (element ids
+    ``<prefix>-label``, ``-result``, ``-warnings``, which the browser test finds them by)."""
+    label = gr.Label(label="Class probabilities", num_top_classes=n_classes, elem_id=f"{prefix}-label")
+    text = gr.Markdown(label="Result", elem_id=f"{prefix}-result")
+    warnings = gr.Textbox(label="Warnings", interactive=False, lines=2, elem_id=f"{prefix}-warnings")
+    return label, text, warnings
+
+
 def build_demo(model: str | os.PathLike | XrayService | None = None):
     """The Space as a ``gr.Blocks`` (queue already configured). ``model``: a model directory or Hub
     id, an ``XrayService``, or None for ``$HFXRAY_MODEL`` / the bundled default model."""
@@ -322,15 +328,7 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
                         elem_id="single-image",
                         buttons=["download", "fullscreen"],
                     )
-                    single_label = gr.Label(
-                        label="Class probabilities",
-                        num_top_classes=len(service.classes),
-                        elem_id="single-label",
-                    )
-                    single_text = gr.Markdown(label="Result", elem_id="single-result")
-                    single_warn = gr.Textbox(
-                        label="Warnings", interactive=False, lines=2, elem_id="single-warnings"
-                    )
+                    single_label, single_text, single_warn = _result_widgets("single", len(service.classes))
             single_state = gr.State(time_to_live=STATE_TTL_SECONDS)
 
         with gr.Tab("Several images", id="batch"):
@@ -355,15 +353,7 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
                         elem_id="batch-gallery",
                         buttons=["download", "fullscreen"],
                     )
-                    batch_label = gr.Label(
-                        label="Class probabilities",
-                        num_top_classes=len(service.classes),
-                        elem_id="batch-label",
-                    )
-                    batch_text = gr.Markdown(label="Result", elem_id="batch-result")
-                    batch_warn = gr.Textbox(
-                        label="Warnings", interactive=False, lines=2, elem_id="batch-warnings"
-                    )
+                    batch_label, batch_text, batch_warn = _result_widgets("batch", len(service.classes))
             batch_table = gr.Dataframe(
                 headers=["file", "result", *service.classes, "warnings"],
                 label="All files",

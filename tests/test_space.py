@@ -201,12 +201,12 @@ def test_auth_is_enforced(tiny_model_dir, tmp_path, shared_data):
 
 def test_service_uses_the_model_dirs_gate(tiny_model_dir, shared_data, tmp_path):
     """In process: a model dir with fitted gate statistics makes the Space abstain on a text page,
-    with the distance computed from the features of the same Grad-CAM pass."""
+    with the distance computed from the features of the same forward pass as its probabilities."""
     import shutil
 
     from PIL import ImageDraw
 
-    from hfxray.gate import fit_gate, write_gate
+    from hfxray.gate import InputGate, fit_gate, write_gate
     from hfxray.images import load_image
     from hfxray.modeling import load_model
     from hfxray.space_app import XrayService
@@ -216,7 +216,7 @@ def test_service_uses_the_model_dirs_gate(tiny_model_dir, shared_data, tmp_path)
     model, processor = load_model(model_dir)
     write_gate(model_dir, fit_gate(model, processor, paths[::8]))
     service = XrayService(model_dir)
-    assert service.gate.has_feature_stats
+    assert service.predictor.gate.has_feature_stats
 
     page = Image.new("RGB", (850, 1100), "white")
     draw = ImageDraw.Draw(page)
@@ -230,9 +230,10 @@ def test_service_uses_the_model_dirs_gate(tiny_model_dir, shared_data, tmp_path)
     films = [service.analyse_path(p) for p in paths[3::16]]
     assert all(f.error is None for f in films)
     assert np.median([f.distance for f in films]) < refused.distance
-    # the distance from the Grad-CAM pass's features equals the gate's own feature extraction
+    # the distance from the Space's forward pass equals the gate's own (PyTorch) feature extraction
     image = load_image(paths[3], draft_size=service.image_size)
-    assert films[0].distance == pytest.approx(service.gate.check(image).distance, rel=1e-4)
+    own = InputGate.from_model_dir(model_dir, service.model)
+    assert films[0].distance == pytest.approx(own.check(image).distance, rel=1e-4)
     answered = [f for f in films if not f.abstained]
     assert answered and all(sum(f.probs.values()) == pytest.approx(1.0) for f in answered)
 
