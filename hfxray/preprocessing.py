@@ -12,6 +12,12 @@ resize serves the model and the gate.
 
 Processors that do anything else (centre crops, shortest-edge resizes, padding, non-PIL backends)
 get ``None`` from :meth:`FastProcessor.from_processor`, and callers use the processor itself.
+
+:meth:`FastProcessor.from_config` builds the same object from ``preprocessor_config.json`` alone,
+without importing transformers (about 1 s of import time on a 2-core CPU, and the reason a
+one-film ``predict.py`` used to take seconds): the lean ONNX path reads the JSON, fills the table
+with the arithmetic of transformers' NumPy ``rescale``/``normalize`` (float64 multiply, float32
+subtract and divide), and the tests check that table equals the processor's, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,13 +28,25 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# preprocessor_config.json types that FastProcessor.from_config reproduces (transformers saves both
+# ViT backends as "ViTImageProcessor"); defaults are ViTImageProcessor's.
+_LEAN_PROCESSOR_TYPES = ("ViTImageProcessor", "ViTImageProcessorPil")
+_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR
+
+
+def _per_channel(value: float | Sequence[float]) -> list[float]:
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise ValueError(f"expected 3 per-channel values in preprocessor_config.json, got {len(values)}")
+    return values
+
 
 def _get(processor: Any, key: str) -> Any:
     return getattr(processor, key, None)
 
 
 def _square_size(processor: Any) -> int | None:
-    size = _get(processor, "size")
+    size = processor.get("size") if isinstance(processor, dict) else _get(processor, "size")
     size = size if isinstance(size, dict) else (vars(size) if size is not None else {})
     height, width = size.get("height"), size.get("width")
     if not height or height != width or size.get("shortest_edge") or size.get("longest_edge"):
@@ -65,6 +83,34 @@ class FastProcessor:
         if _get(processor, "do_normalize"):
             values = processor.normalize(values, processor.image_mean, processor.image_std)
         return cls(size, int(resample), np.ascontiguousarray(values[:, 0, :], dtype=np.float32))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FastProcessor | None:
+        """The same object from a ``preprocessor_config.json`` dict, without transformers; None unless
+        it is a ViT-style processor that only resizes to S x S, rescales and normalises (others need
+        the real processor)."""
+        if config.get("image_processor_type") not in _LEAN_PROCESSOR_TYPES:
+            return None
+        if any(config.get(key) for key in ("do_center_crop", "do_pad", "do_reduce_labels")):
+            return None
+        if not config.get("do_resize", True):
+            return None
+        size = _square_size({"size": config.get("size") or {"height": 224, "width": 224}})
+        resample = config.get("resample", _BILINEAR)
+        if size is None or not isinstance(resample, int):
+            return None
+        # transformers' rescale: uint8 -> float64, multiply, then float32 (image_transforms.rescale)
+        values = np.broadcast_to(np.arange(256, dtype=np.float64), (3, 256))
+        if config.get("do_rescale", True):
+            values = (values * float(config.get("rescale_factor", 1 / 255))).astype(np.float32)
+        else:
+            values = values.astype(np.float32)
+        # transformers' normalize: float32 (x - mean) / std with mean/std as float32 arrays
+        if config.get("do_normalize", True):
+            mean = np.asarray(_per_channel(config.get("image_mean", 0.5)), dtype=np.float32)[:, None]
+            std = np.asarray(_per_channel(config.get("image_std", 0.5)), dtype=np.float32)[:, None]
+            values = (values - mean) / std
+        return cls(size, int(resample), np.ascontiguousarray(values, dtype=np.float32))
 
     def resize(self, image: Image.Image) -> Image.Image:
         """The processor's resize: the whole RGB image to S x S in one PIL call (no reducing gap).

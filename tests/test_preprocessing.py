@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,40 @@ def test_wrong_input_is_refused(bundled_model_dir):
     fast = FastProcessor.from_processor(load_processor(bundled_model_dir))
     with pytest.raises(ValueError, match="224x224 RGB"):
         fast.to_array(Image.new("RGB", (100, 100)))
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        "bundled",
+        ViTImageProcessorPil(
+            size={"height": 192, "width": 192},
+            resample=Image.Resampling.BICUBIC,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        ),
+        ViTImageProcessorPil(size={"height": 224, "width": 224}, do_normalize=False),
+    ],
+    ids=["bundled", "imagenet-bicubic-192", "rescale-only"],
+)
+def test_from_config_json_equals_the_processor(processor, bundled_model_dir, tmp_path):
+    """The lean path (no transformers) rebuilds the same table from preprocessor_config.json alone."""
+    if processor == "bundled":
+        processor = load_processor(bundled_model_dir)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    reference = FastProcessor.from_processor(processor)
+    lean = FastProcessor.from_config(config)
+    assert lean is not None and reference is not None
+    assert (lean.size, lean.resample) == (reference.size, reference.resample)
+    assert lean.table.dtype == np.float32 and np.array_equal(lean.table, reference.table)
+
+
+def test_from_config_leaves_other_processors_to_transformers(tmp_path):
+    ConvNextImageProcessorPil().save_pretrained(tmp_path)
+    assert FastProcessor.from_config(json.loads((tmp_path / "preprocessor_config.json").read_text())) is None
+    vit = {"image_processor_type": "ViTImageProcessor", "size": {"height": 224, "width": 224}}
+    assert FastProcessor.from_config(vit) is not None
+    assert FastProcessor.from_config({**vit, "do_center_crop": True}) is None
+    assert FastProcessor.from_config({**vit, "size": {"shortest_edge": 224}}) is None
+    assert FastProcessor.from_config({**vit, "size": {"height": 224, "width": 160}}) is None
