@@ -162,7 +162,15 @@ def _scan_folder(data_dir: Path) -> _FolderScan:
     return _FolderScan([p.name for p in class_dirs], dicom, unsupported, n_imagefolder)
 
 
-def _decode_example(example: dict[str, Any], *, image_size: int, hfxray_version: str) -> dict[str, Any]:
+def _decode_example(
+    example: dict[str, Any],
+    *,
+    image_size: int,
+    hfxray_version: str,
+    metadata: dict[str, dict[str, str]],
+    defaults: dict[str, str],
+    classes: list[str],
+) -> dict[str, Any]:
     """`.map` body: decode once, squash-resize to S x S, hash. Errors become a reason string.
 
     `hfxray_version` is unused here; it is an argument so that it enters the `datasets`
@@ -171,6 +179,11 @@ def _decode_example(example: dict[str, Any], *, image_size: int, hfxray_version:
     del hfxray_version
     path = str(Path(example["image"]["path"]).resolve())
     out: dict[str, Any] = {"image": None, "path": path, "sha256": "", "phash": "", "phash16": "", "error": ""}
+    out.update(defaults)
+    out.update(metadata.get(path, {}))
+    # The folder is the class. Set here because imagefolder (datasets 5) leaves the label empty
+    # whenever the folder also holds a metadata.csv.
+    out["label"] = classes.index(Path(path).parent.name)
     if Path(path).suffix.lower() not in SUPPORTED_EXTENSIONS:
         out["error"] = NOT_AN_IMAGE_REASON
         return out
@@ -188,19 +201,114 @@ def _decode_example(example: dict[str, Any], *, image_size: int, hfxray_version:
     return out
 
 
+# Per-film provenance read from an imagefolder `metadata.csv` (other columns there are ignored).
+# A folder without metadata gets its own name as `source` and these defaults for the rest.
+METADATA_COLUMNS = ("source", "population", "view", "patient_id")
+UNKNOWN = "unknown"
+# Folder names that say which split a folder is, not where its films come from.
+_SPLIT_FOLDER_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "eval"}
+
+
+def default_source_name(data_dir: str | os.PathLike) -> str:
+    """The ``source`` of a folder without metadata: its name, or its parent's for ``.../train`` and alike."""
+    path = Path(data_dir).expanduser().resolve()
+    return path.parent.name if path.name.lower() in _SPLIT_FOLDER_NAMES and path.parent.name else path.name
+
+
+def _read_metadata(data_dir: Path) -> dict[str, dict[str, str]] | None:
+    """``metadata.csv`` rows keyed by the absolute file path, through `datasets` (imagefolder convention).
+
+    Read with the ``csv`` builder rather than imagefolder itself: imagefolder with metadata drops the
+    folder labels and fails on files the table does not list; here the folder stays the class and an
+    unlisted file simply keeps the folder defaults.
+    """
+    import datasets
+
+    table = data_dir / "metadata.csv"
+    if not table.is_file():
+        return None
+    try:
+        meta = datasets.load_dataset("csv", data_files=str(table), split="train", keep_default_na=False)
+    except Exception as err:  # noqa: BLE001 - a broken table is a one-line user error
+        raise ValueError(f"cannot read {table}: {' '.join(str(err).split())[:200]}") from None
+    if "file_name" not in meta.column_names:
+        raise ValueError(f"{table} has no file_name column (imagefolder metadata convention)")
+    rows: dict[str, dict[str, str]] = {}
+    columns = {c: list(meta[c]) for c in METADATA_COLUMNS if c in meta.column_names}
+    repeated: Counter[str] = Counter()
+    for i, name in enumerate(meta["file_name"]):
+        values = {c: str(v[i]).strip() for c, v in columns.items() if v[i] is not None and str(v[i]).strip()}
+        key = str((data_dir / str(name)).resolve())
+        if key in rows:
+            repeated[str(name)] += 1
+        rows[key] = values
+    if repeated:
+        # Seen in the shared corpus: 26 CheXpert rows name one file, so 25 films were lost when it
+        # was written. The table cannot say which row the file is; the last one wins.
+        name, n = repeated.most_common(1)[0]
+        logger.warning(
+            "%s lists %d file name(s) more than once (e.g. %s, %d times): those rows describe one file",
+            table, len(repeated), name, n + 1,
+        )
+    return rows
+
+
+def _metadata_defaults(data_dir: Path) -> dict[str, str]:
+    return {"source": default_source_name(data_dir), "population": UNKNOWN, "view": UNKNOWN, "patient_id": ""}
+
+
 def load_image_folder(
-    data_dir: str | os.PathLike, *, image_size: int, num_proc: int | None = None
+    data_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    image_size: int,
+    num_proc: int | None = None,
 ) -> tuple[Any, list[BadFile]]:
-    """Load ``DATA_DIR/<class>/<image>`` as a `datasets.Dataset` plus the files that were dropped.
+    """Load one or several ``DATA_DIR/<class>/<image>`` folders as one `datasets.Dataset`.
 
-    Columns: ``image`` (PIL RGB, S x S), ``label`` (ClassLabel, sorted folder names), ``path``
-    (absolute), ``sha256`` (file bytes), ``phash``/``phash16`` (64/256-bit perceptual hashes, hex).
+    Columns: ``image`` (PIL RGB, S x S), ``label`` (ClassLabel: the sorted union of the folders'
+    class names), ``path`` (absolute), ``sha256`` (file bytes), ``phash``/``phash16`` (64/256-bit
+    perceptual hashes, hex), and the film's provenance ``source``, ``population``, ``view``,
+    ``patient_id`` from the folder's ``metadata.csv`` (imagefolder convention); a folder without
+    one gets its name as ``source`` (`default_source_name`), ``unknown`` and an empty patient.
+    Returns the dataset plus the files that were dropped (`BadFile`s; the caller warns and goes on).
+    """
+    import datasets
 
-    `imagefolder` lists the files (image column cast to ``Image(decode=False)`` so that a corrupt
-    file cannot crash loading); one `.map` decodes each file once with `load_image` and is cached
-    by `datasets` fingerprinting. `imagefolder` does not know ``.dcm``, so DICOM files found in the
-    class folders are appended with `Dataset.from_dict` + `concatenate_datasets` (same features).
-    Unreadable files and files of other types come back as `BadFile`s; the caller warns and goes on.
+    dirs = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
+    if not dirs:
+        raise ValueError("no data folder given")
+    resolved = [Path(d).expanduser().resolve() for d in dirs]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError("the same data folder was given twice")
+    loaded = [_load_one_folder(d, image_size=image_size, num_proc=num_proc) for d in resolved]
+    classes = sorted({c for ds, _ in loaded for c in ds.features["label"].names})
+    parts = []
+    bad_files: list[BadFile] = []
+    for ds, bad in loaded:
+        names = ds.features["label"].names
+        if names != classes:  # re-index this folder's labels into the union of classes
+            mapping = [classes.index(n) for n in names]
+            ds = ds.cast_column("label", datasets.Value("int64"))
+            ds = ds.map(_relabel, batched=True, fn_kwargs={"mapping": mapping}, desc="Relabelling")
+            ds = ds.cast_column("label", datasets.ClassLabel(names=classes))
+        parts.append(ds)
+        bad_files.extend(bad)
+    merged = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return merged, sorted(bad_files, key=lambda b: b.path)
+
+
+def _relabel(batch: dict[str, list], mapping: list[int]) -> dict[str, list]:
+    return {"label": [mapping[v] for v in batch["label"]]}
+
+
+def _load_one_folder(data_dir: Path, *, image_size: int, num_proc: int | None) -> tuple[Any, list[BadFile]]:
+    """One folder: `imagefolder` lists the files, one cached `.map` decodes each file once.
+
+    The image column is cast to ``Image(decode=False)`` so that a corrupt file cannot crash loading;
+    one `.map` decodes each file with `load_image` and is cached by `datasets` fingerprinting.
+    `imagefolder` does not know ``.dcm``, so DICOM files found in the class folders are appended
+    with `Dataset.from_dict` + `concatenate_datasets` (same features). Metadata columns are joined
+    in the same `.map` from ``metadata.csv`` (read by `_read_metadata`).
 
     ``num_proc=None`` decodes in this process. Measured on the 2-core box with the 251 shared
     radiographs (JPEG draft decoding keeps most files cheap, ~40 ms each): one process 8-12 s,
@@ -211,15 +319,16 @@ def load_image_folder(
 
     from hfxray import __version__
 
-    data_dir = Path(data_dir).expanduser().resolve()
     scan = _scan_folder(data_dir)
+    metadata = _read_metadata(data_dir)
     features = datasets.Features(
         {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=scan.classes)}
     )
     parts = []
     if scan.n_imagefolder:
         # drop_labels=False: always label by folder (imagefolder's default drops labels when it
-        # sees a single class); drop_metadata: a stray metadata.csv must not change the labels.
+        # sees a single class); drop_metadata: metadata.csv is joined below by `_decode_example`
+        # (imagefolder's own join would drop the folder labels).
         parts.append(
             datasets.load_dataset(
                 "imagefolder",
@@ -253,11 +362,18 @@ def load_image_folder(
             "phash": datasets.Value("string"),
             "phash16": datasets.Value("string"),
             "error": datasets.Value("string"),
+            **{c: datasets.Value("string") for c in METADATA_COLUMNS},
         }
     )
     decoded = raw.map(
         _decode_example,
-        fn_kwargs={"image_size": int(image_size), "hfxray_version": __version__},
+        fn_kwargs={
+            "image_size": int(image_size),
+            "hfxray_version": __version__,
+            "metadata": metadata or {},
+            "defaults": _metadata_defaults(data_dir),
+            "classes": scan.classes,
+        },
         features=out_features,
         num_proc=num_proc,
         desc=f"Decoding images to {image_size}x{image_size}",
@@ -429,18 +545,63 @@ def records_from_dataset(ds: Any) -> list[FileRecord]:
 # --------------------------------------------------------------------------------------------
 # split
 # --------------------------------------------------------------------------------------------
-def split_dataset(ds: Any, *, test_size: float = 0.2, seed: int = 42, phash_distance: int = 4) -> Any:
-    """Stratified ``train``/``validation`` split that never puts copies of a picture on both sides.
+def split_groups(ds: Any, *, phash_distance: int = 4) -> list[int]:
+    """One group id per row: duplicate groups (exact or near) joined with patient groups.
 
-    `Dataset.train_test_split(stratify_by_column="label")` runs on one representative (the first
-    row) per duplicate group; every other member follows its representative. Deterministic for a
-    given dataset and seed. Sizes are therefore ~``test_size`` of the *groups*, not of the rows.
+    Films of one patient (same non-empty ``patient_id`` within one ``source``) and copies of one
+    picture must land on the same side of any split, or validation measures memory, not reading.
+    """
+    n = len(ds)
+    uf = _UnionFind(n)
+    for members in group_records(records_from_dataset(ds), phash_distance=phash_distance):
+        for m in members[1:]:
+            uf.union(members[0], m)
+    if "patient_id" in ds.column_names:
+        sources = list(ds["source"]) if "source" in ds.column_names else [""] * n
+        first: dict[tuple[str, str], int] = {}
+        for i, (src, patient) in enumerate(zip(sources, ds["patient_id"], strict=True)):
+            if patient:
+                uf.union(first.setdefault((src, patient), i), i)
+    return [uf.find(i) for i in range(n)]
+
+
+def split_dataset(
+    ds: Any,
+    *,
+    test_size: float = 0.2,
+    seed: int = 42,
+    phash_distance: int = 4,
+    validation_sources: Sequence[str] | None = None,
+) -> Any:
+    """``train``/``validation`` split that never puts a patient or copies of a picture on both sides.
+
+    Default: `Dataset.train_test_split(stratify_by_column="label")` runs on one representative (the
+    first row) per group (`split_groups`); every other member follows its representative. Sizes are
+    therefore ~``test_size`` of the *groups*, not of the rows. ``validation_sources``: whole sources
+    are held out instead (what a film from a new hospital looks like to the model); a training film
+    in a group with a held-out film (a copy across sources) is dropped from training.
+    Deterministic for a given dataset and seed.
     """
     import datasets
 
-    groups = group_records(records_from_dataset(ds), phash_distance=phash_distance)
-    follows = {m: g[0] for g in groups for m in g[1:]}
-    reps = [i for i in range(len(ds)) if i not in follows]
+    groups = split_groups(ds, phash_distance=phash_distance)
+    if validation_sources:
+        wanted = set(validation_sources)
+        sources = list(ds["source"])
+        unknown = wanted - set(sources)
+        if unknown:
+            raise ValueError(
+                f"validation source(s) {', '.join(sorted(unknown))} not in the data "
+                f"(sources: {', '.join(sorted(set(sources)))})"
+            )
+        val_groups = {g for g, s in zip(groups, sources, strict=True) if s in wanted}
+        val_rows = [i for i, s in enumerate(sources) if s in wanted]
+        train_rows = [i for i, g in enumerate(groups) if g not in val_groups]
+        if not train_rows:
+            raise ValueError("--validation_sources holds out every film: nothing left to train on")
+        return datasets.DatasetDict(train=ds.select(train_rows), validation=ds.select(val_rows))
+
+    reps = sorted(set(groups))
     labels = list(ds["label"])
     index = datasets.Dataset.from_dict(
         {"row": reps, "label": [labels[i] for i in reps]},
@@ -448,9 +609,57 @@ def split_dataset(ds: Any, *, test_size: float = 0.2, seed: int = 42, phash_dist
     )
     parts = index.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
     val_reps = set(list(parts["test"]["row"]))
-    val_rows = [i for i in range(len(ds)) if follows.get(i, i) in val_reps]
-    train_rows = [i for i in range(len(ds)) if follows.get(i, i) not in val_reps]
+    val_rows = [i for i in range(len(ds)) if groups[i] in val_reps]
+    train_rows = [i for i in range(len(ds)) if groups[i] not in val_reps]
     return datasets.DatasetDict(train=ds.select(train_rows), validation=ds.select(val_rows))
+
+
+def without_sources(ds: Any, sources: Sequence[str]) -> Any:
+    """``ds`` without the films of ``sources`` (each must exist: a typo must not silently train on all)."""
+    present = set(ds["source"])
+    unknown = set(sources) - present
+    if unknown:
+        raise ValueError(f"source(s) {', '.join(sorted(unknown))} not in the data (sources: {', '.join(sorted(present))})")
+    drop = set(sources)
+    return ds.select([i for i, s in enumerate(ds["source"]) if s not in drop])
+
+
+def class_source_counts(ds: Any) -> dict[str, dict[str, int]]:
+    """``{class: {source: films}}``: the confounding table a model card and a report show."""
+    names = ds.features["label"].names
+    sources = list(ds["source"]) if "source" in ds.column_names else ["unknown"] * len(ds)
+    table: dict[str, dict[str, int]] = {}
+    for label, src in zip(ds["label"], sources, strict=True):
+        row = table.setdefault(names[label], {})
+        row[src] = row.get(src, 0) + 1
+    return {c: dict(sorted(r.items())) for c, r in sorted(table.items())}
+
+
+def balance_weights(ds: Any, *, strategy: str = "class_source", source_power: float = 0.5) -> np.ndarray:
+    """Per-film sampling weights (summing to 1) against class imbalance and class x source confounding.
+
+    ``class_source``: every class gets the same share; inside a class, a source with ``n`` films gets
+    a share proportional to ``n ** source_power`` (0: every source alike, so 11 films weigh as much as
+    683; 1: by size, so the largest archive dominates its class; 0.5 between). ``class``: classes
+    alike, films alike inside a class. ``none``: uniform.
+    """
+    labels = np.asarray(ds["label"])
+    n = len(labels)
+    if strategy == "none":
+        return np.full(n, 1.0 / n)
+    if strategy not in ("class", "class_source"):
+        raise ValueError(f"unknown balance strategy {strategy!r} (none, class, class_source)")
+    sources = np.asarray(ds["source"]) if strategy == "class_source" and "source" in ds.column_names else np.zeros(n)
+    weights = np.zeros(n)
+    present = np.unique(labels)
+    for label in present:
+        in_class = labels == label
+        cells = Counter(sources[in_class].tolist())
+        shares = {src: k**source_power for src, k in cells.items()}
+        total = sum(shares.values())
+        for src, k in cells.items():
+            weights[in_class & (sources == src)] = shares[src] / total / k / len(present)
+    return weights / weights.sum()
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,7 +53,33 @@ class ModelArguments:
 class DataArguments:
     """Where the images are and how they are prepared."""
 
-    data_dir: str = field(metadata={"help": "Folder with one sub-folder of images per class."})
+    data_dir: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "One or more folders with one sub-folder of images per class; a folder's metadata.csv "
+            "(imagefolder convention: file_name, source, population, view, patient_id) says where each film "
+            "comes from. Required."
+        },
+    )
+    validation_sources: list[str] | None = field(
+        default=None,
+        metadata={"help": "Hold these whole sources out for validation instead of a random 20 %% split."},
+    )
+    exclude_sources: list[str] | None = field(
+        default=None,
+        metadata={"help": "Leave these sources out altogether (leave-one-source-out: train without, test on them)."},
+    )
+    balance: str = field(
+        default="class_source",
+        metadata={
+            "help": "Training sampler: class_source (classes alike; inside a class, sources by n ** "
+            "source_weight_power), class, or none (every film alike).",
+            "choices": ["class_source", "class", "none"],
+        },
+    )
+    source_weight_power: float = field(
+        default=0.5, metadata={"help": "With --balance class_source: 0 = sources alike, 1 = by size."}
+    )
     image_size: int = field(default=224, metadata={"help": "Square input size S (images squash-resized to S x S)."})
     validation_split: float = field(default=0.2, metadata={"help": "Share of images held out for validation."})
     max_train_samples: int | None = field(
@@ -68,6 +94,18 @@ class DataArguments:
             "shortcut, shortcut-strong (the default; see docs/shortcuts.md)."
         },
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data_dir, (str, os.PathLike)):
+            self.data_dir = [str(self.data_dir)]
+        if not self.data_dir:
+            raise ValueError("--data_dir is required (one or more folders with one sub-folder per class)")
+
+    @property
+    def data_root(self) -> str:
+        """The folder that paths in hfxray.json are relative to (the common parent of several)."""
+        dirs = [str(Path(d).expanduser().resolve()) for d in self.data_dir]
+        return dirs[0] if len(dirs) == 1 else os.path.commonpath(dirs)
 
 
 @dataclass
@@ -127,6 +165,31 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(memory_format=torch.channels_last),
         "labels": torch.tensor([int(e["labels"]) for e in examples]),
     }
+
+
+class BalancedTrainer(Trainer):
+    """`Trainer` that draws training films with replacement by per-film weights (`data.balance_weights`).
+
+    The Trainer has no weighted sampling option; overriding its sampler hook keeps everything else
+    (accelerate sharding across processes, checkpoints, resumption) as the library does it.
+    """
+
+    def __init__(self, *args: Any, sample_weights: np.ndarray | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sample_weights = sample_weights
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        return weighted_sampler(self.sample_weights, self.args.seed)
+
+
+def weighted_sampler(weights: np.ndarray, seed: int) -> torch.utils.data.WeightedRandomSampler:
+    """One epoch = as many draws as there are films, with replacement, seeded."""
+    return torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples=len(weights), replacement=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _compute_metrics_fn():
@@ -213,9 +276,17 @@ def run_training(
         dataset, bad_files = data.load_image_folder(data_args.data_dir, image_size=data_args.image_size)
     for bad in bad_files:
         logger.warning("skipped unreadable file %s: %s", bad.path, bad.reason)
+    if data_args.exclude_sources:
+        dataset = data.without_sources(dataset, data_args.exclude_sources)
     dataset = _subset(dataset, data_args.max_train_samples, training_args.seed)
-    splits = data.split_dataset(dataset, test_size=data_args.validation_split, seed=training_args.seed)
+    splits = data.split_dataset(
+        dataset, test_size=data_args.validation_split, seed=training_args.seed,
+        validation_sources=data_args.validation_sources,
+    )
     labels = dataset.features["label"].names
+    weights = data.balance_weights(
+        splits["train"], strategy=data_args.balance, source_power=data_args.source_weight_power
+    )
 
     base = modeling.resolve_base_model(model_args.model_name_or_path) if not model_args.from_scratch else "resnet-50 (random init)"
     model, processor = modeling.load_for_finetuning(
@@ -237,9 +308,8 @@ def run_training(
         loader = torch.utils.data.DataLoader(
             train_ds,
             batch_size=training_args.per_device_train_batch_size,
-            shuffle=True,
+            sampler=weighted_sampler(weights, training_args.seed),
             collate_fn=collate,
-            generator=torch.Generator().manual_seed(training_args.seed),
         )
         found = lr_range_test(model, lambda: loader, num_steps=ft_args.lr_find_steps)
         lr_info = {"head_lr": found.suggested_lr, "method": f"LR range test: {found.method}"}
@@ -250,9 +320,9 @@ def run_training(
     history: list[dict[str, Any]] = []
     if ft_args.head_epochs > 0:
         args1 = _clone_args(training_args, num_train_epochs=ft_args.head_epochs, learning_rate=head_lr)
-        trainer = Trainer(
+        trainer = BalancedTrainer(
             model=model, args=args1, train_dataset=train_ds, eval_dataset=val_ds,
-            data_collator=collate, compute_metrics=compute_metrics,
+            data_collator=collate, compute_metrics=compute_metrics, sample_weights=weights,
         )
         trainer.train()
         history += [dict(h, phase="head") for h in trainer.state.log_history]
@@ -265,9 +335,10 @@ def run_training(
     optimizer = torch.optim.AdamW(
         modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
     )
-    trainer = Trainer(
+    trainer = BalancedTrainer(
         model=model, args=args2, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
+        sample_weights=weights,
     )
     trainer.train()
     history += [dict(h, phase="all layers") for h in trainer.state.log_history]
@@ -285,7 +356,13 @@ def run_training(
         calibration.fold_temperature_into_classifier(modeling.classifier_module(model), temperature)
     probs = softmax(logits / temperature, axis=1)
     ece_after = calibration.expected_calibration_error(probs, y_val)
-    validation = metrics.classification_report(y_val, probs, labels)
+    validation = metrics.classification_report(y_val, probs, labels, present_only=True)
+    val_sources = list(splits["validation"]["source"])
+    validation_by_source = {
+        src: metrics.classification_report(y_val[idx], probs[idx], labels, present_only=True)
+        for src in sorted(set(val_sources))
+        for idx in [np.flatnonzero(np.asarray(val_sources) == src)]
+    }
 
     # The offline backbones resolve to a cache folder; record the name a user would pass instead.
     base_name = Path(base).name if Path(base).parent.name == "backbones" else base
@@ -299,20 +376,26 @@ def run_training(
         "ece_after": float(ece_after),
         # Gradient updates saw only the train split; validation chose the checkpoint and the temperature.
         # Kept apart so that an audit on the validation split is not reported as leakage.
-        "training_data": data.dataset_fingerprint(splits["train"], root=data_args.data_dir),
-        "validation_data": data.dataset_fingerprint(splits["validation"], root=data_args.data_dir),
+        "training_data": data.dataset_fingerprint(splits["train"], root=data_args.data_root),
+        "validation_data": data.dataset_fingerprint(splits["validation"], root=data_args.data_root),
+        "data_dirs": [str(Path(d).expanduser().resolve()) for d in data_args.data_dir],
+        "excluded_sources": data_args.exclude_sources or [],
+        "sources": {name: data.class_source_counts(part) for name, part in splits.items()},
         "skipped_files": [asdict(b) for b in bad_files],
         "split": {
             "validation_split": data_args.validation_split,
+            "validation_sources": data_args.validation_sources,
             "seed": training_args.seed,
             "n_train": len(splits["train"]),
             "n_validation": len(splits["validation"]),
             # relative to data_dir, so the validation split can be rebuilt (audit, comparisons)
             "validation_files": sorted(
-                Path(os.path.relpath(p, data_args.data_dir)).as_posix() for p in splits["validation"]["path"]
+                Path(os.path.relpath(p, data_args.data_root)).as_posix() for p in splits["validation"]["path"]
             ),
         },
         "validation": validation,
+        "validation_by_source": validation_by_source,
+        "balance": {"strategy": data_args.balance, "source_weight_power": data_args.source_weight_power},
         "learning_rates": {
             **lr_info,
             "unfrozen_head_lr": unfrozen_head_lr,
