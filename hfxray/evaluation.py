@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,38 @@ from hfxray.inference import Predictor
 
 logger = logging.getLogger(__name__)
 
+# Dataset columns that identify a film rather than a group of films.
+_NOT_GROUPS = {"image", "label", "path", "sha256", "phash", "phash16"}
+
 
 def evaluate_folder(
-    data_dir: str | Path,
+    data_dir: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     *,
     model: str | Path | None = None,
     backend: str = "auto",
+    group_by: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Predict every image under `data_dir`'s class folders and write the evaluation report."""
+    """Predict every image under the class folders of one or several folders and write the report.
+
+    ``group_by`` names dataset columns (``source``, ``population``, ``view``, any metadata
+    column): every metric is then also reported per value of each column, under
+    ``groups.<column>.<value>`` in metrics.json and as a table in report.html, because a headline
+    accuracy over several sources can hide a source where the model fails.
+    """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     predictor = Predictor.from_pretrained(model, backend=backend)
-    dataset, bad_files = data.load_image_folder(data_dir, image_size=predictor.image_size)
+    dataset, bad_files = data.load_image_folder(
+        dirs[0] if len(dirs) == 1 else dirs, image_size=predictor.image_size
+    )
+    missing = [c for c in group_by if c not in dataset.column_names]
+    if missing:
+        available = [c for c in dataset.column_names if c not in _NOT_GROUPS]
+        raise ValueError(
+            f"cannot group by {', '.join(missing)}: no such column (available: {', '.join(available) or 'none'})"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     folder_classes = dataset.features["label"].names
     unknown = [c for c in folder_classes if c not in predictor.classes]
     if unknown:
@@ -46,25 +67,50 @@ def evaluate_folder(
     probs, abstain = predictor.predict_images_gated(images)
     result = metrics.classification_report(y_true, probs, predictor.classes)
     result["model"] = str(predictor.source)
-    result["data_dir"] = str(Path(data_dir).resolve())
+    resolved = [str(Path(d).resolve()) for d in dirs]
+    result["data_dir"] = resolved[0] if len(resolved) == 1 else resolved
     result["skipped_files"] = [asdict(b) for b in bad_files]
     if abstain is not None:
         n_abstain = sum(1 for w in abstain if w)
-        result["input_gate"] = {"abstained": n_abstain, "n": len(images), "rate": n_abstain / max(len(images), 1)}
+        result["input_gate"] = {
+            "abstained": n_abstain,
+            "n": len(images),
+            "rate": n_abstain / max(len(images), 1),
+        }
+    if group_by:
+        result["groups"] = {}
+        for column in group_by:
+            values = [str(v) for v in dataset[column]]
+            per = metrics.classification_report_by_group(y_true, probs, predictor.classes, values)
+            if abstain is not None:
+                for value, rep in per.items():
+                    k = sum(1 for v, w in zip(values, abstain, strict=True) if v == value and w)
+                    rep["input_gate"] = {"abstained": k, "n": rep["n"], "rate": k / rep["n"]}
+            result["groups"][column] = per
     result["disclaimer"] = DISCLAIMER
 
     paths = list(dataset["path"])
     pred = probs.argmax(axis=1)
-    _write_predictions(out / "predictions.csv", paths, y_true, probs, predictor.classes, abstain)
-    report.plot_confusion_matrix(np.asarray(result["confusion_matrix"]), predictor.classes, out / "confusion_matrix.png")
+    extra = {
+        c: [str(v) for v in dataset[c]]
+        for c in dict.fromkeys(["source", *group_by])
+        if c in dataset.column_names
+    }
+    _write_predictions(out / "predictions.csv", paths, y_true, probs, predictor.classes, abstain, extra)
+    report.plot_confusion_matrix(
+        np.asarray(result["confusion_matrix"]), predictor.classes, out / "confusion_matrix.png"
+    )
     wrong = [i for i in range(len(paths)) if pred[i] != y_true[i]]
     wrong.sort(key=lambda i: -probs[i, pred[i]])
     report.plot_most_wrong(
-        [(images[i], predictor.classes[y_true[i]], predictor.classes[pred[i]], float(probs[i, pred[i]])) for i in wrong],
+        [
+            (images[i], predictor.classes[y_true[i]], predictor.classes[pred[i]], float(probs[i, pred[i]]))
+            for i in wrong
+        ],
         out / "most_wrong.png",
     )
     report.plot_reliability(probs, y_true, out / "reliability.png")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    _write_json(out / "metrics.json", result)
     report.write_html_report(
         out,
         result,
@@ -73,18 +119,46 @@ def evaluate_folder(
             "Most confidently wrong": "most_wrong.png",
             "Reliability": "reliability.png",
         },
-        title=f"hfxray evaluation: {Path(data_dir).name}",
+        title=f"hfxray evaluation: {' + '.join(Path(d).name for d in dirs)}",
+        extra_sections={
+            f"By {column} (95% intervals)": report.group_table(per, predictor.classes)
+            for column, per in result.get("groups", {}).items()
+        },
     )
     logger.info("wrote %s", out / "report.html")
     return result
 
 
-def _write_predictions(path: Path, paths, y_true, probs, classes, warnings) -> None:
-    with path.open("w", newline="") as fh:
+def _write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: a reader never sees half a metrics.json."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_predictions(
+    path: Path,
+    paths: list[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    warnings: list[str | None] | None,
+    extra: dict[str, list[str]],
+) -> None:
+    """predictions.csv (atomic), with the grouping columns so a reader can slice it the same way."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "true", "predicted", *[f"prob_{c}" for c in classes], "warning"])
+        writer.writerow(["path", *extra, "true", "predicted", *[f"prob_{c}" for c in classes], "warning"])
         for i, p in enumerate(paths):
-            warning = warnings[i] if warnings else ""
             writer.writerow(
-                [p, classes[y_true[i]], classes[int(probs[i].argmax())], *[f"{x:.6f}" for x in probs[i]], warning]
+                [
+                    p,
+                    *[values[i] for values in extra.values()],
+                    classes[y_true[i]],
+                    classes[int(probs[i].argmax())],
+                    *[f"{x:.6f}" for x in probs[i]],
+                    (warnings[i] if warnings else "") or "",
+                ]
             )
+    os.replace(tmp, path)

@@ -35,6 +35,7 @@ __all__ = [
     "LOCAL_MODULES_DIR",
     "bootstrap_auroc",
     "classification_report",
+    "classification_report_by_group",
     "expected_calibration_error",
     "load_metric",
     "local_metric_path",
@@ -303,3 +304,21 @@ def classification_report(
             + "; macro_f1 is over these classes, undefined per-class metrics are null"
         )
     return _json_safe(report)
+
+
+def classification_report_by_group(
+    y_true: Any, probs: Any, classes: Sequence[str], groups: Sequence[Any]
+) -> dict[str, dict[str, Any]]:
+    """`classification_report` on each group's films: ``{group value: report}``, sorted by value.
+
+    Every metric of the whole report, with its intervals, per group (e.g. per source or
+    population); a group holding one class only gets that class's sensitivity and the other
+    classes' specificity (how many of its films were *not* called them), the rest null with a note.
+    The groups partition the films, so their ``n`` and confusion matrices sum to the whole.
+    """
+    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    g = np.asarray([str(v) for v in groups])
+    if g.size != y.size:
+        raise ValueError(f"{g.size} group values for {y.size} labels")
+    return {str(v): classification_report(y[g == v], p[g == v], classes) for v in sorted(set(g.tolist()))}

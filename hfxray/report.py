@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +32,8 @@ from hfxray.calibration import expected_calibration_error, reliability_bins
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Table",
+    "group_table",
     "plot_confusion_matrix",
     "plot_lr_find",
     "plot_most_wrong",
@@ -283,7 +286,64 @@ def _relative_src(out_dir: Path, filename: str | os.PathLike) -> str:
     return quote(p.as_posix())
 
 
+@dataclass(frozen=True)
+class Table:
+    """A table for `write_html_report`'s ``extra_sections``: a cell is a value or ``(value, (lo, hi))``.
+
+    Numbers get the report's formatting (3 decimals, the interval in grey); text is escaped.
+    ``note`` is shown under the table.
+    """
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    note: str = ""
+
+
+def _cell_html(cell: Any) -> str:
+    if isinstance(cell, tuple) and len(cell) == 2 and isinstance(cell[1], (tuple, list)):
+        return _fmt(cell[0], cell[1])
+    return _fmt(cell)
+
+
+def _table_html(table: Table) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    note = f'<p class="note">{_e(table.note)}</p>' if table.note else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+def group_table(per_group: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> Table:
+    """One row per group of `metrics.classification_report_by_group`: n, accuracy, macro F1, and
+    each class's sensitivity and specificity, with 95% intervals (a dash where undefined)."""
+    columns = ["group", "n", "accuracy", "macro F1"]
+    for c in classes:
+        columns += [f"{c} sensitivity", f"{c} specificity"]
+    rows = []
+    for value, rep in per_group.items():
+        row: list[Any] = [
+            value,
+            rep.get("n"),
+            (rep.get("accuracy"), rep.get("accuracy_ci95")),
+            rep.get("macro_f1"),
+        ]
+        for c in classes:
+            m = (rep.get("per_class") or {}).get(c, {})
+            row += [
+                (m.get("sensitivity"), m.get("sensitivity_ci95")),
+                (m.get("specificity"), m.get("specificity_ci95")),
+            ]
+        rows.append(row)
+    total = sum(int(rep.get("n") or 0) for rep in per_group.values())
+    return Table(
+        columns,
+        rows,
+        note=f"{len(rows)} groups, {total} films in all. Specificity of a class = films of other classes not called it.",
+    )
+
+
 def _section_html(heading: str, body: Any) -> str:
+    if isinstance(body, Table):
+        return f"<h2>{_e(heading)}</h2>\n{_table_html(body)}"
     if isinstance(body, str):
         content = "".join(f"<p>{_e(par)}</p>" for par in body.split("\n\n") if par.strip())
     else:
@@ -301,8 +361,8 @@ def write_html_report(
     """Write `out_dir/report.html`: disclaimer, metrics tables with intervals and n, then the plots.
 
     `images` maps a caption to a PNG inside `out_dir` (referenced relatively). `extra_sections`
-    maps a heading to plain text (paragraphs split on blank lines) or any JSON-able object
-    (shown preformatted). Every piece of text is HTML-escaped. Returns the report path.
+    maps a heading to plain text (paragraphs split on blank lines), a `Table`, or any JSON-able
+    object (shown preformatted). Every piece of text is HTML-escaped. Returns the report path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
