@@ -4,6 +4,12 @@ A :class:`Predictor` loads a saved model directory once (model or ONNX Runtime s
 processor, class list) and is reused for every call: building an ``InferenceSession`` or loading
 weights per request would dominate latency on a 2-core CPU. Both backends share one
 preprocessing path (the directory's saved ``ViTImageProcessor``), so they see identical inputs.
+
+Lean start: on the ONNX path this module imports neither torch, transformers nor datasets (they
+cost seconds of start-up for a one-film run, and an inference-only install has none of them):
+the model directory's JSON files are read directly and the processor is rebuilt by
+:meth:`FastProcessor.from_config`. The transformers processor is loaded only when something asks
+for :attr:`Predictor.processor` (the PyTorch backend, pipelines, unusual processors).
 """
 
 from __future__ import annotations
@@ -13,12 +19,11 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 ONNX_FILENAME = "model.onnx"
 METADATA_FILENAME = "hfxray.json"
+PROCESSOR_FILENAME = "preprocessor_config.json"
+# = hfxray.modeling.DEFAULT_MODEL_DIR, repeated here so that finding it does not import torch
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 WEIGHTS_FILENAME = "model.safetensors"
 # Key of the ONNX metadata_props entry holding the sha256 of the safetensors the graph came from.
 ONNX_WEIGHTS_SHA_KEY = "hfxray_weights_sha256"
@@ -51,6 +59,7 @@ class PredictionRow:
     probs: dict[str, float]
     error: str | None = None
     warning: str | None = None
+    refused: str | None = None  # why the input is not a frontal chest film (then no class)
 
     @property
     def ok(self) -> bool:
@@ -105,8 +114,6 @@ def resolve_model_dir(model_dir_or_id: str | os.PathLike | None = None) -> Path:
     """Local directory for a model: a path as is, ``None`` -> the bundled model, else a Hub repo id
     (from the local cache when offline)."""
     if model_dir_or_id is None:
-        from hfxray.modeling import DEFAULT_MODEL_DIR
-
         model_dir_or_id = DEFAULT_MODEL_DIR
     path = Path(model_dir_or_id).expanduser()
     if path.is_dir():
@@ -141,7 +148,21 @@ def read_model_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
 def _classes_from_config(model_dir: Path) -> list[str]:
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     id2label = config.get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)]
+    return [id2label[k] for k in sorted(id2label, key=int)] or list(config.get("label_names") or [])
+
+
+def read_model_classes(model_dir: str | os.PathLike) -> list[str]:
+    """Class names in label order: ``hfxray.json`` ``classes``, else config.json's labels (JSON only)."""
+    model_dir = Path(model_dir)
+    return list(read_model_metadata(model_dir).get("classes") or _classes_from_config(model_dir))
+
+
+def _fast_processor_from_dir(model_dir: Path) -> FastProcessor | None:
+    """FastProcessor from ``preprocessor_config.json`` (None when missing or not reproducible)."""
+    path = model_dir / PROCESSOR_FILENAME
+    if not path.is_file():
+        return None
+    return FastProcessor.from_config(json.loads(path.read_text(encoding="utf-8")))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -180,6 +201,7 @@ class Predictor:
         model: Any = None,
         num_threads: int | None = None,
         source: str | None = None,
+        fast_processor: FastProcessor | None = None,
     ):
         if backend == "onnx" and session is None:
             raise ValueError("the onnx backend needs an onnxruntime InferenceSession")
@@ -187,7 +209,7 @@ class Predictor:
             raise ValueError("the torch backend needs a model")
         self.model_dir = Path(model_dir)
         self.source = source or str(model_dir)  # what the user asked for (a dir or a Hub id), for reports
-        self.processor = processor
+        self._processor = processor  # None: loaded from model_dir on first use (see `processor`)
         self.classes = list(classes)
         self.image_size = int(image_size)
         self.backend = backend
@@ -196,7 +218,9 @@ class Predictor:
         self.num_threads = num_threads
         self.metadata = read_model_metadata(self.model_dir)
         # the processor's exact computation without its per-call overhead (None: use the processor)
-        self.fast_processor = FastProcessor.from_processor(processor)
+        if fast_processor is None and processor is None:
+            raise ValueError("Predictor needs a processor or a fast_processor")
+        self.fast_processor = fast_processor or FastProcessor.from_processor(processor)
         if session is not None:
             self._input_name = session.get_inputs()[0].name
 
@@ -232,20 +256,27 @@ class Predictor:
             else:
                 chosen = "onnx"
 
+        processor: Any = None
+        fast = None
         if chosen == "torch":
             from hfxray.modeling import load_model
 
             model, processor = load_model(model_dir)
             model.eval()
         else:
-            from hfxray.modeling import load_processor
+            # Lean start: the processor's arithmetic from its JSON, without importing transformers.
+            fast = _fast_processor_from_dir(model_dir)
+            if fast is None:
+                from hfxray.modeling import load_processor
 
-            # The loader modeling.load_model uses: the PIL processor is the reference preprocessing.
-            processor = load_processor(model_dir)
+                # The loader modeling.load_model uses: the PIL processor is the reference preprocessing.
+                processor = load_processor(model_dir)
 
         metadata = read_model_metadata(model_dir)
         classes = metadata.get("classes") or _classes_from_config(model_dir)
-        image_size = metadata.get("image_size") or processor_image_size(processor)
+        image_size = metadata.get("image_size") or (
+            fast.size if fast is not None else processor_image_size(processor)
+        )
         predictor = cls(
             model_dir=model_dir,
             processor=processor,
@@ -256,6 +287,7 @@ class Predictor:
             model=model,
             num_threads=num_threads,
             source=str(model_dir if model_dir_or_id is None else model_dir_or_id),
+            fast_processor=fast,
         )
         predictor._check_num_classes()
         return predictor
@@ -272,6 +304,16 @@ class Predictor:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    @property
+    def processor(self) -> Any:
+        """The directory's transformers image processor (PIL backend), loaded on first use: the lean
+        ONNX path never needs it."""
+        if self._processor is None:
+            from hfxray.modeling import load_processor
+
+            self._processor = load_processor(self.model_dir)
+        return self._processor
 
     def _check_num_classes(self) -> None:
         probe = np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
@@ -301,8 +343,9 @@ class Predictor:
             small, pixels = None, self.preprocess([image])[0]
         return _Prepared(pixels=pixels, checks=self.gate.image_checks(image, small))
 
-    def _prepare_path(self, path: str) -> _Prepared:
-        """Decode and prepare one file; runs in worker threads (PIL releases the GIL while it works)."""
+    def _prepare_path(self, path: str | bytes) -> _Prepared:
+        """Decode and prepare one file (a path or its bytes); runs in worker threads (PIL releases the
+        GIL while it works)."""
         image, error = self._decode_one(path)
         return _Prepared(error=error) if image is None else self._prepare_image(image)
 
@@ -387,7 +430,8 @@ class Predictor:
         from hfxray.gate import InputGate
 
         return InputGate(
-            self.metadata.get("gate"), model=None, processor=self.processor, image_size=self.image_size
+            # image_size is all the gate needs of the processor here (model=None: features come from us)
+            self.metadata.get("gate"), model=None, processor=None, image_size=self.image_size
         )
 
     def _infer(self, prepared: Sequence[_Prepared], session: Any = None) -> tuple[np.ndarray, list[Any]]:
@@ -402,15 +446,15 @@ class Predictor:
     def predict_images_gated(
         self, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> tuple[np.ndarray, list[str | None] | None]:
-        """Probabilities (as :meth:`predict_images`) and, per image, the gate's reasons to abstain (None
-        when it passes), from one forward pass per batch. The warnings are None when the model has no
+        """Probabilities (as :meth:`predict_images`) and, per image, the gate's reasons to refuse (None
+        when it answers), from one forward pass per batch. The list is None when the model has no
         gate statistics (then only the generic checks could run, see ``predict_paths``)."""
         images = list(images)
         probs = np.empty((len(images), len(self.classes)), dtype=np.float64)
         warnings: list[str | None] = []
         for sl in _batches(len(images), batch_size):
             probs[sl], verdicts = self._infer([self._prepare_image(im) for im in images[sl]])
-            warnings += [None if r.ok else "; ".join(r.warnings) for r in verdicts]
+            warnings += [r.refused for r in verdicts]
         return probs, (warnings if self.metadata.get("gate") else None)
 
     def analyse_image(self, image: Image.Image) -> ImageAnalysis:
@@ -421,7 +465,7 @@ class Predictor:
         return ImageAnalysis(probs=probs[0], gate=verdict, pixel_values=prepared.pixels)
 
     # ---------------------------------------------------------------- files
-    def _decode_one(self, path: str) -> tuple[Image.Image | None, str | None]:
+    def _decode_one(self, path: str | bytes) -> tuple[Image.Image | None, str | None]:
         """(image reduced for the model's input size | None, error)."""
         from hfxray.images import ImageReadError, load_image
 
@@ -430,7 +474,7 @@ class Predictor:
         except ImageReadError as e:
             return None, str(e)
         except OSError as e:  # missing file, permission denied: report, keep going
-            return None, f"cannot read {path}: {e.strerror or e}"
+            return None, f"cannot read {path if isinstance(path, str) else 'the image'}: {e.strerror or e}"
 
     def predict_paths(
         self,
@@ -439,35 +483,72 @@ class Predictor:
         num_workers: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[PredictionRow]:
-        """One row per path, in input order. Unreadable files give a row with ``error``; the run goes on.
+        """One row per path, in input order (a list of :meth:`iter_predict_paths`)."""
+        return list(self.iter_predict_paths(paths, batch_size, num_workers, progress))
+
+    def iter_predict_paths(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        num_workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[PredictionRow]:
+        """Rows one by one, in input order, as they are done. Unreadable files give a row with
+        ``error``; the run goes on.
 
         Worker threads decode, resize and normalise files (PIL and numpy release the GIL) while the
-        model runs on the previous batch; at most two batches are prepared ahead, so memory stays
-        flat on any folder. ``progress`` is called with the number of files finished after each batch.
+        model runs on the previous batch; at most two batches are prepared ahead and nothing is kept
+        once yielded, so memory stays flat on any number of files (``paths`` may be a lazy iterable).
+        ``progress`` is called with the number of files finished after each batch.
         """
+        return self.iter_predict_sources(((str(p), str(p)) for p in paths), batch_size, num_workers, progress)
+
+    def iter_predict_sources(
+        self,
+        items: Iterable[tuple[str, str | bytes]],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        num_workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[PredictionRow]:
+        """As :meth:`iter_predict_paths` for ``(name, file path or encoded bytes)`` pairs (e.g. a
+        ``datasets`` image column); rows carry ``name`` as their ``path``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        paths = [str(p) for p in paths]
-        if len(paths) == 1:  # a single file (the Space, a doctor's one-off): a pool would cost more than it saves
-            rows = self._rows(paths, [self._prepare_path(paths[0])], self.session)
+        return self._iter_rows(iter(items), batch_size, num_workers, progress)
+
+    def _iter_rows(
+        self,
+        items: Iterator[tuple[str, str | bytes]],
+        batch_size: int,
+        num_workers: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[PredictionRow]:
+        head = list(islice(items, 2))
+        if len(head) == 1:  # a single file (the Space, a doctor's one-off): a pool would cost more than it saves
+            name, source = head[0]
+            yield from self._rows([name], [self._prepare_path(source)], self.session)
             if progress is not None:
                 progress(1)
-            return rows
+            return
+        if not head:
+            return
+        items = chain(head, items)
         workers = num_workers or physical_cores()  # the model's threads take turns with these
-        rows: list[PredictionRow] = []
         _ = self.gate  # built once here, not raced for by the worker threads
         session = self._pipelined_session
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            upcoming = iter(paths)
-            pending = deque(pool.submit(self._prepare_path, p) for p in islice(upcoming, 2 * batch_size))
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            pending = deque((n, pool.submit(self._prepare_path, s)) for n, s in islice(items, 2 * batch_size))
             while pending:
-                chunk = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                prepared = [future.result() for _, future in chunk]
                 # refill what was taken, keeping two batches in flight
-                pending.extend(pool.submit(self._prepare_path, p) for p in islice(upcoming, len(chunk)))
-                rows += self._rows(paths[len(rows) : len(rows) + len(chunk)], chunk, session)
+                pending.extend((n, pool.submit(self._prepare_path, s)) for n, s in islice(items, len(chunk)))
+                yield from self._rows([n for n, _ in chunk], prepared, session)
                 if progress is not None:
                     progress(len(chunk))
-        return rows
+        finally:  # also on Ctrl-C or a consumer that stops early: drop what was queued
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _rows(self, paths: Sequence[str], prepared: Sequence[_Prepared], session: Any) -> list[PredictionRow]:
         """One forward pass over the readable files of a batch, then the gate, then a row per file."""
@@ -558,35 +639,17 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> tuple[list[str],
 
 
 def write_predictions_csv(
-    rows: Sequence[PredictionRow],
+    rows: Iterable[PredictionRow],
     classes: Sequence[str],
     output: str | os.PathLike,
     *,
     overwrite: bool = False,
 ) -> Path:
-    """``path,predicted,prob_<class>...,warning,error``; atomic, and never replaces a file unless asked.
+    """``path,predicted,prob_<class>...,refused,warning,error`` (:mod:`hfxray.prediction_csv`: cells
+    safe for spreadsheets); atomic, and never replaces a file unless asked.
 
     Probabilities are written with 10 significant digits, so each row still sums to 1 within 1e-9.
     """
-    import csv
+    from hfxray.prediction_csv import write_csv
 
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), "warning", "error"])
-            for row in rows:
-                probs = [format(row.probs[c], ".10g") if row.ok else "" for c in classes]
-                writer.writerow([row.path, row.predicted or "", *probs, row.warning or "", row.error or ""])
-        if output.exists() and not overwrite:  # appeared while we were writing: still don't clobber it
-            raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
-        os.replace(tmp_name, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return output
+    return write_csv(rows, classes, output, overwrite=overwrite)

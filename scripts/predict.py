@@ -1,13 +1,23 @@
 #!/usr/bin/env python
 """Predict chest X-ray classes for files and folders and write a CSV of probabilities.
 
-    python scripts/predict.py PATH... [--model ID_OR_DIR] [--output predictions.csv] [--overwrite]
-                              [--backend auto|onnx|torch] [--batch_size 32]
+    python scripts/predict.py PATH... [--model ID_OR_DIR] [--output predictions.csv] [--overwrite | --resume]
+                              [--backend auto|onnx|torch] [--batch_size 8]
+    python scripts/predict.py --dataset PATH_OR_ID --split test ...       # a datasets dataset, streamed
+    accelerate launch --num_processes N scripts/predict.py PATH... ...    # N processes, one merged CSV
+    python scripts/predict.py PATH... --num_shards K --shard_index I      # one job of K (SLURM arrays)
+    python scripts/predict.py --merge --num_shards K --output predictions.csv
 
 Folders are searched recursively for supported images (other files are skipped and counted).
-Unreadable files get a row with an `error` and the run goes on. Exit status: 0 when at least one
-file was predicted, 1 when none was, 2 for bad arguments (including an existing --output without
---overwrite: an earlier CSV is never replaced silently). Research software, not a diagnostic device.
+Unreadable files get a row with an `error` and the run goes on. Rows are streamed to
+`<output>.part` as they are done; the output appears (atomically) only when the run is complete.
+After Ctrl-C or a crash, `--resume` predicts only the files not yet in the CSV. Exit status: 0
+when at least one file was predicted (or nothing was left to do), 1 when none was, 2 for bad
+arguments (including an existing --output without --overwrite or --resume: an earlier CSV is
+never replaced silently), 130 on Ctrl-C. Research software, not a diagnostic device.
+
+With a model directory that has model.onnx, this script imports neither torch, transformers nor
+datasets (start-up is a fraction of a second): keep it so.
 """
 
 from __future__ import annotations
@@ -19,17 +29,12 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from hfxray import DISCLAIMER
-from hfxray.cli import fail
-from hfxray.inference import DEFAULT_BATCH_SIZE
+from hfxray.cli import dataclass_parser, fail, parse_into_dataclasses
 
-# Up to this many files, each prediction (with its probabilities) is also printed.
-PRINT_ROWS_UP_TO = 10
+DEFAULT_BATCH_SIZE = 8  # = hfxray.inference.DEFAULT_BATCH_SIZE (not imported before --help is answered)
 
 
 @dataclass
@@ -40,7 +45,13 @@ class PredictArguments:
         default=None, metadata={"help": "Model directory or Hub id (default: the bundled model)."}
     )
     output: str = field(default="predictions.csv", metadata={"help": "CSV file to write."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace --output if it already exists."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace --output (and parts of an interrupted run) if they exist."}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue an interrupted run: skip files already in --output or its part files."},
+    )
     backend: str = field(
         default="auto",
         metadata={
@@ -49,68 +60,148 @@ class PredictArguments:
         },
     )
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Images per forward pass."})
+    num_shards: int = field(
+        default=1, metadata={"help": "Split the files into this many shards (independent jobs)."}
+    )
+    shard_index: int = field(
+        default=0,
+        metadata={"help": "Which shard this job predicts (0-based); its CSV is OUTPUT-0000I-of-0000K.csv."},
+    )
+    merge: bool = field(
+        default=False, metadata={"help": "Join the finished CSVs of --num_shards shard jobs into --output."}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Predict a datasets dataset (Hub id or local folder, streamed) instead of PATHs."},
+    )
+    split: str = field(default="test", metadata={"help": "Split of --dataset."})
+    image_column: str = field(default="image", metadata={"help": "Image column of --dataset."})
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    parser = HfArgumentParser(PredictArguments)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="Image files and/or folders.")
-    args, extra = parser.parse_args_into_dataclasses(args=argv)
+    # argparse from the dataclass instead of transformers.HfArgumentParser: the same options without
+    # importing transformers (a second of start-up; absent from the inference-only install).
+    parser = dataclass_parser(PredictArguments, description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="Image files and/or folders.")
+    args, extra = parse_into_dataclasses(parser, [PredictArguments], argv)
     if args.batch_size < 1:
         return fail(f"--batch_size must be >= 1, got {args.batch_size}", code=2)
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        return fail(f"--shard_index must be in [0, {args.num_shards}), got {args.shard_index}", code=2)
+    if args.merge:
+        return merge(args)
+    if bool(extra.paths) == bool(args.dataset):
+        return fail("give image files/folders or --dataset (one of the two)", code=2)
 
-    from pathlib import Path
+    from hfxray import batch
+    from hfxray.inference import Predictor, collect_image_paths, physical_cores
 
-    from tqdm.auto import tqdm
-
-    from hfxray.inference import Predictor, collect_image_paths, write_predictions_csv
-
+    context = batch.process_context()  # imports accelerate only under a multi-process launch
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        return fail(f"{output} already exists; choose another --output or pass --overwrite", code=2)
-    if output.is_dir():
-        return fail(f"--output {output} is a directory", code=2)
-    paths, skipped = collect_image_paths(extra.paths)
-    if not paths:
-        return fail(
-            f"no supported image files found in {', '.join(extra.paths)} ({skipped} other files skipped)"
-        )
     try:
-        predictor = Predictor.from_pretrained(args.model, backend=args.backend)
+        batch.check_output(
+            batch.shard_output(output, args.shard_index, args.num_shards),
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
     except (ValueError, OSError) as err:
         return fail(err, code=2)
 
-    with tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr) as bar:
-        rows = predictor.predict_paths(paths, batch_size=args.batch_size, progress=bar.update)
+    skipped = 0
+    if args.dataset:
+        shard = (args.shard_index, args.num_shards)
+
+        def inputs(ctx: batch.ProcessContext):
+            return batch.dataset_sources(
+                args.dataset, args.split, image_column=args.image_column, shard=shard, context=ctx
+            )
+
+        total = None
+    else:
+        inputs, skipped = collect_image_paths(extra.paths)
+        if not inputs:
+            return fail(
+                f"no supported image files found in {', '.join(extra.paths)} ({skipped} other files skipped)"
+            )
+        total = len(inputs)
     try:
-        write_predictions_csv(rows, predictor.classes, output, overwrite=args.overwrite)
-    except (FileExistsError, IsADirectoryError) as err:
+        predictor = Predictor.from_pretrained(
+            args.model, backend=args.backend, num_threads=context.num_threads(physical_cores())
+        )
+    except (ValueError, OSError) as err:
+        return fail(err, code=2)
+
+    from tqdm import tqdm  # the std module: tqdm.auto would look for IPython
+
+    try:
+        with tqdm(
+            total=total,
+            unit="img",
+            desc=f"predict {context.rank}/{context.world}" if context.world > 1 else "predict",
+            file=sys.stderr,
+        ) as bar:
+            summary = batch.predict_to_csv(
+                predictor,
+                inputs,
+                output,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                shard=(args.shard_index, args.num_shards),
+                context=context,
+                batch_size=args.batch_size,
+                progress=bar.update,
+            )
+    except KeyboardInterrupt:
+        part = batch.part_path(
+            batch.shard_output(output, args.shard_index, args.num_shards), context.rank, context.world
+        )
+        print(
+            f"interrupted: the rows finished so far are in {part}; rerun with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, FileExistsError, IsADirectoryError) as err:
         return fail(err, code=2)
     except OSError as err:
         return fail(err)
 
-    ok = [r for r in rows if r.ok]
-    if len(rows) <= PRINT_ROWS_UP_TO:
-        for r in rows:
-            detail = (
-                ", ".join(f"{c} {r.probs[c]:.3f}" for c in predictor.classes) if r.ok else f"error: {r.error}"
-            )
-            print(
-                f"{r.path}: {r.predicted or '-'} ({detail}){'  warning: ' + r.warning if r.warning else ''}"
-            )
-    counts = Counter(r.predicted for r in ok)
-    per_class = ", ".join(f"{c} {counts.get(c, 0)}" for c in predictor.classes)
-    n_abstained = sum(1 for r in ok if r.abstained)
+    classes = predictor.classes
+    if summary.n_rows <= len(summary.first_rows):
+        for r in summary.first_rows:
+            detail = ", ".join(f"{c} {r.probs[c]:.3f}" for c in classes) if r.ok else f"error: {r.error}"
+            note = "".join(f"  {k}: {v}" for k, v in (("refused", r.refused), ("warning", r.warning)) if v)
+            print(f"{r.path}: {r.predicted or '-'} ({detail}){note}")
+    per_class = ", ".join(f"{c} {summary.per_class.get(c, 0)}" for c in classes)
+    who = f"process {context.rank}/{context.world}: " if context.world > 1 else ""
     print(
-        f"predicted {len(ok)}/{len(rows)} files ({per_class}, input gate abstained on {n_abstained}); "
-        f"{len(rows) - len(ok)} unreadable, {skipped} non-image files skipped; backend {predictor.backend}"
+        f"{who}predicted {summary.n_ok}/{summary.n_rows} files ({per_class}, input gate abstained on "
+        f"{summary.n_abstained}); {summary.n_errors} unreadable, {skipped} non-image files skipped"
+        + (f", {summary.n_skipped_done} already done" if args.resume else "")
+        + f"; backend {predictor.backend}"
     )
-    print(f"probabilities for every file: {output}")
-    print(DISCLAIMER)
-    if not ok:
+    if summary.merged_rows is not None:
+        print(f"probabilities for every file ({summary.merged_rows} rows): {summary.output}")
+        print(DISCLAIMER)
+    if summary.n_rows and not summary.n_ok:
         return fail(
-            f"none of the {len(rows)} files could be read as an image (see the error column in {output})"
+            f"none of the {summary.n_rows} files could be read as an image (see the error column in {summary.output})"
         )
+    return 0
+
+
+def merge(args: PredictArguments) -> int:
+    """--merge: join the shard jobs' CSVs (the classes come from the model, as the columns do)."""
+    from hfxray import batch
+    from hfxray.inference import read_model_classes, resolve_model_dir
+
+    try:
+        classes = read_model_classes(resolve_model_dir(args.model))
+        n = batch.merge_shards(args.output, args.num_shards, classes, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        return fail(err, code=2)
+    print(f"merged {args.num_shards} shards, {n} rows: {args.output}")
+    print(DISCLAIMER)
     return 0
 
 
