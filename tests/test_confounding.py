@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfxray import confounding, data
+from hfxray import data
+from hfxray.data import confounding
 
 CLASSES = ["Covid", "Normal"]
 
