@@ -33,9 +33,9 @@ lint: setup
 test: setup browser lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra --durations=15
 
-# Reproduce the bundled default model from the shared data (offline ImageNet backbone).
+# Reproduce the bundled default model from the shared data (seed + cxr-multisource; offline ImageNet backbone).
 model: setup
-	HF_HUB_OFFLINE=1 $(PY) scripts/make_default_model.py --data_dir ../shared/data/covid19-xray/train
+	HF_HUB_OFFLINE=1 $(PY) scripts/make_default_model.py --data_dir ../shared/data/covid19-xray/train ../shared/data/cxr-multisource
 
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"

@@ -767,7 +767,10 @@ def link_validation_files(files: Sequence[str] | None, data_dir: str | os.PathLi
         src = (Path(data_dir) / rel).resolve()
         if not src.is_file():
             raise FileNotFoundError(f"validation file {rel} is not under {data_dir} any more")
-        dst = out_dir / rel
+        parts = Path(rel).parts
+        # Several data folders (paths like covid19-xray/train/Covid/x.jpg): keep the class folder,
+        # fold the rest of the path into the name so the links form one DATA_DIR/<class>/ layout.
+        dst = out_dir / rel if len(parts) <= 2 else out_dir / parts[-2] / "__".join((*parts[:-2], parts[-1]))
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
     return len(files)

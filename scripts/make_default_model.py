@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Reproduce the bundled default model (`make model`).
 
-    python scripts/make_default_model.py --data_dir ../shared/data/covid19-xray/train [--output_dir hfxray/default_model]
+    python scripts/make_default_model.py [--data_dir ../shared/data/covid19-xray/train ../shared/data/cxr-multisource]
+                                         [--output_dir hfxray/default_model]
 
 Any further flags go to scripts/train.py unchanged. Research software, not a diagnostic device.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from hfxray.bundle import DEFAULT_DATA_DIRS
 from hfxray.cli import fail
 from hfxray.modeling import DEFAULT_MODEL_DIR
 
@@ -28,7 +30,10 @@ from hfxray.modeling import DEFAULT_MODEL_DIR
 class BundleArguments:
     """Where the training images are and where the bundled model goes."""
 
-    data_dir: str = field(metadata={"help": "Folder with one sub-folder per class."})
+    data_dir: list[str] = field(
+        default_factory=lambda: [str(d) for d in DEFAULT_DATA_DIRS],
+        metadata={"help": "Folders with one sub-folder per class (default: the seed data + cxr-multisource)."},
+    )
     output_dir: str = field(default=str(DEFAULT_MODEL_DIR), metadata={"help": "Model directory to (re)write."})
 
 
