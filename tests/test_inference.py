@@ -196,6 +196,7 @@ def test_predict_script_on_a_folder(tiny_model_dir, shared_data, tmp_path):
         "prob_Covid",
         "prob_Normal",
         "prob_Viral Pneumonia",
+        "refused",
         "warning",
         "error",
     ]
