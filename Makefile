@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hfxray-installed
 
-.PHONY: setup demo test lint model onnx bench browser clean
+.PHONY: setup demo test test-lean lint model onnx bench browser clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,21 @@ lint: setup
 test: setup browser lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra --durations=15
 
+# The inference-only install (no torch, transformers, datasets) in a second small venv: predict.py
+# and the Space (without Grad-CAM) must work there with the bundled model.onnx (tests/lean_check.py).
+LEAN_VENV ?= .venv-lean
+LEAN_STAMP := $(LEAN_VENV)/.hfxray-lean-installed
+
+$(LEAN_STAMP): requirements-inference.txt requirements-space-lean.txt pyproject.toml
+	test -x $(LEAN_VENV)/bin/python || python3 -m venv $(LEAN_VENV)
+	$(LEAN_VENV)/bin/python -m pip install -q -r requirements-space-lean.txt
+	touch $(LEAN_STAMP)
+
+test-lean: $(LEAN_STAMP)
+	# hfxray itself without its (torch) dependencies; reinstalled every time so the code is current
+	$(LEAN_VENV)/bin/python -m pip install -q --no-deps --force-reinstall .
+	HF_HUB_OFFLINE=1 $(LEAN_VENV)/bin/python tests/lean_check.py
+
 # Reproduce the bundled default model from the shared data (seed + cxr-multisource; offline ImageNet backbone).
 model: setup
 	HF_HUB_OFFLINE=1 $(PY) scripts/make_default_model.py --data_dir ../shared/data/covid19-xray/train ../shared/data/cxr-multisource
@@ -42,4 +57,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LEAN_VENV) .pytest_cache .ruff_cache

@@ -118,8 +118,13 @@ def resolve_model_dir(model_dir_or_id: str | os.PathLike | None = None) -> Path:
     path = Path(model_dir_or_id).expanduser()
     if path.is_dir():
         return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # the inference-only install: local directories only
+        raise ValueError(
+            f"model directory not found: {model_dir_or_id} (huggingface_hub is not installed to fetch Hub ids)"
+        ) from None
 
     try:
         validate_repo_id(str(model_dir_or_id))
