@@ -45,6 +45,7 @@ PUSH_IGNORE_PATTERNS = (
     "__pycache__/*",
     "**/__pycache__/*",
     "checkpoint-*/*",
+    "checkpoints/*",
     "runs/*",
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from scipy.special import softmax
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from hfxray import __version__, calibration, data, metrics, modeling, report
-from hfxray.lr_find import lr_range_test
+from hfxray.lr_find import LRFindResult, lr_range_test
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "hfxray.json"
+CHECKPOINTS_DIRNAME = "checkpoints"  # under the output directory, with --keep_checkpoints
+PHASES = ("head", "all-layers")  # one Trainer (and one checkpoint folder) per phase
 
 
 @dataclass
@@ -126,6 +129,13 @@ class FinetuneArguments:
     )
     calibrate: bool = field(default=True, metadata={"help": "Fit temperature scaling on the validation split."})
     fit_input_gate: bool = field(default=True, metadata={"help": "Store input-gate statistics in the model dir."})
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the Trainer's checkpoints in OUTPUT_DIR/checkpoints/ (one folder per phase), so that "
+            "an interrupted run continues with --resume_from_checkpoint last (or a checkpoint folder)."
+        },
+    )
     hub_private: bool = field(default=True, metadata={"help": "With --push_to_hub: create a private repo."})
 
 
@@ -241,16 +251,51 @@ def _write_atomically(save: Any, output_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool = False) -> None:
     """Refuse to replace a directory that is not an hfxray model unless told to: loses nothing."""
     if not output_dir.exists() or not any(output_dir.iterdir()):
         return
+    if resuming:
+        return
     if overwrite and ((output_dir / METADATA_FILE).exists() or (output_dir / "config.json").exists()):
         return
+    hint = (
+        "; it holds checkpoints of an interrupted run: pass --resume_from_checkpoint last to continue it"
+        if (output_dir / CHECKPOINTS_DIRNAME).is_dir() else ""
+    )
     raise FileExistsError(
         f"output directory {output_dir} is not empty; pass --overwrite_output_dir to replace an "
-        "existing model directory, or choose another --output_dir"
+        f"existing model directory, or choose another --output_dir{hint}"
     )
+
+
+def resume_points(work_dir: Path, resume: str | None) -> dict[str, str | None]:
+    """Which checkpoint each phase continues from: ``last`` finds the newest (`get_last_checkpoint`)."""
+    if not resume:
+        return {}
+    if str(resume).lower() in ("last", "true"):
+        points = {
+            phase: get_last_checkpoint(str(work_dir / phase)) if (work_dir / phase).is_dir() else None
+            for phase in PHASES
+        }
+        if not any(points.values()):
+            raise FileNotFoundError(f"no checkpoint to resume from under {work_dir}")
+        return points
+    path = Path(resume).expanduser().resolve()
+    if not (path / "trainer_state.json").is_file() or path.parent.name not in PHASES:
+        raise FileNotFoundError(
+            f"{resume} is not a checkpoint folder of hfxray (OUTPUT_DIR/{CHECKPOINTS_DIRNAME}/<head|all-layers>/checkpoint-N)"
+        )
+    return {path.parent.name: str(path)}
+
+
+def _work_dir(output_dir: Path, ft_args: FinetuneArguments, resume: str | None) -> tuple[Path, bool]:
+    """Where the Trainer writes checkpoints, and whether they are kept (else a temporary folder)."""
+    if resume and str(resume).lower() not in ("last", "true"):
+        return Path(resume).expanduser().resolve().parent.parent, True
+    if ft_args.keep_checkpoints or resume:
+        return output_dir / CHECKPOINTS_DIRNAME, True
+    return Path(tempfile.mkdtemp(prefix="hfxray-checkpoints-")), False
 
 
 def run_training(
@@ -264,13 +309,18 @@ def run_training(
     """Train, calibrate and save; return the metadata written to hfxray.json (None on non-main ranks)."""
     started = time.perf_counter()
     output_dir = Path(training_args.output_dir).resolve()
-    check_output_dir(output_dir, overwrite_output_dir)
+    resume = training_args.resume_from_checkpoint
+    check_output_dir(output_dir, overwrite_output_dir, resuming=bool(resume))
     set_seed(training_args.seed)
     push = training_args.push_to_hub
     hub_model_id = training_args.hub_model_id
-    work_dir = Path(tempfile.mkdtemp(prefix="hfxray-checkpoints-"))
-    training_args.output_dir = str(work_dir)
-    training_args.push_to_hub = False  # pushed once at the end, with the model card (hub.push_model_dir)
+    work_dir, keep = _work_dir(output_dir, ft_args, resume)
+    points = resume_points(work_dir, resume)
+    # Checkpoints that can be resumed need the optimizer, scheduler and RNG states too.
+    training_args = _clone_args(
+        training_args, output_dir=str(work_dir), push_to_hub=False, resume_from_checkpoint=None,
+        save_only_model=training_args.save_only_model and not keep,
+    )  # pushed once at the end, with the model card (hub.push_model_dir)
 
     with training_args.main_process_first(desc="decode and cache images"):
         dataset, bad_files = data.load_image_folder(data_args.data_dir, image_size=data_args.image_size)
@@ -304,7 +354,12 @@ def run_training(
     modeling.set_backbone_trainable(model, False)
     lr_info: dict[str, Any] = {"head_lr": training_args.learning_rate, "method": "given (--learning_rate)"}
     lr_plot = None
-    if ft_args.learning_rate_find:
+    lr_record = work_dir / "lr_find.json"
+    if points and lr_record.is_file():  # resuming: the rate chosen before the interruption
+        saved = json.loads(lr_record.read_text())
+        lr_info = saved["lr_info"]
+        lr_plot = LRFindResult(**saved["plot"]) if saved.get("plot") else None
+    elif ft_args.learning_rate_find:
         loader = torch.utils.data.DataLoader(
             train_ds,
             batch_size=training_args.per_device_train_batch_size,
@@ -316,22 +371,38 @@ def run_training(
         lr_plot = found
         logger.info("LR range test chose %.2e (%s)", found.suggested_lr, found.method)
     head_lr = float(lr_info["head_lr"])
+    if keep and training_args.should_save:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        plot = None if lr_plot is None else {
+            "lrs": list(map(float, lr_plot.lrs)), "losses": list(map(float, lr_plot.losses)),
+            "suggested_lr": float(lr_plot.suggested_lr), "method": lr_plot.method,
+        }
+        lr_record.write_text(json.dumps({"lr_info": lr_info, "plot": plot}))
 
     history: list[dict[str, Any]] = []
-    if ft_args.head_epochs > 0:
-        args1 = _clone_args(training_args, num_train_epochs=ft_args.head_epochs, learning_rate=head_lr)
+    if ft_args.head_epochs > 0 and points.get("all-layers"):
+        # Phase 1 finished before the interruption: its history is in its last checkpoint.
+        head_state = get_last_checkpoint(str(work_dir / "head"))
+        if head_state:
+            logged = json.loads((Path(head_state) / "trainer_state.json").read_text())["log_history"]
+            history += [dict(h, phase="head") for h in logged]
+    elif ft_args.head_epochs > 0:
+        args1 = _clone_args(
+            training_args, num_train_epochs=ft_args.head_epochs, learning_rate=head_lr,
+            output_dir=str(work_dir / "head"),
+        )
         trainer = BalancedTrainer(
             model=model, args=args1, train_dataset=train_ds, eval_dataset=val_ds,
             data_collator=collate, compute_metrics=compute_metrics, sample_weights=weights,
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=points.get("head"))
         history += [dict(h, phase="head") for h in trainer.state.log_history]
 
     # Phase 2: all layers, the backbone at a lower rate (discriminative learning rates).
     modeling.set_backbone_trainable(model, True)
     unfrozen_head_lr = head_lr * ft_args.unfrozen_lr_factor
     backbone_lr = unfrozen_head_lr * ft_args.backbone_lr_ratio
-    args2 = _clone_args(training_args, learning_rate=unfrozen_head_lr)
+    args2 = _clone_args(training_args, learning_rate=unfrozen_head_lr, output_dir=str(work_dir / "all-layers"))
     optimizer = torch.optim.AdamW(
         modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
     )
@@ -340,7 +411,7 @@ def run_training(
         data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
         sample_weights=weights,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=points.get("all-layers"))
     history += [dict(h, phase="all layers") for h in trainer.state.log_history]
     if not trainer.is_world_process_zero():
         return None
@@ -417,9 +488,12 @@ def run_training(
         if lr_plot is not None:
             report.plot_lr_find(lr_plot.lrs, lr_plot.losses, lr_plot.suggested_lr, tmp / "lr_find.png")
         _write_card(tmp)
+        if keep and work_dir.is_dir():  # carried into the new directory, so the swap keeps them
+            os.replace(work_dir, tmp / CHECKPOINTS_DIRNAME)
 
     _write_atomically(save, output_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
     logger.info("saved model to %s (validation accuracy %.3f)", output_dir, validation["accuracy"])
     if push:
         from hfxray import hub

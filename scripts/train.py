@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Fine-tune an image classifier on a folder of chest X-rays (one sub-folder per class).
 
-    accelerate launch scripts/train.py --data_dir DATA_DIR --output_dir MODEL_DIR [TrainingArguments flags]
+    accelerate launch scripts/train.py --data_dir DATA_DIR [DATA_DIR ...] --output_dir MODEL_DIR [TrainingArguments flags]
+    ... --keep_checkpoints true            # checkpoints kept in MODEL_DIR/checkpoints/
+    ... --resume_from_checkpoint last      # continue an interrupted run from its newest checkpoint
 
 Research software, not a diagnostic device.
 """
@@ -33,7 +35,8 @@ from hfxray.training import (
 class OutputArguments:
     """How the model directory (`--output_dir`, save_pretrained format) is written.
 
-    The Trainer's own checkpoints live in a temporary folder; only the final model lands in output_dir.
+    The Trainer's checkpoints live in a temporary folder unless --keep_checkpoints (then in
+    OUTPUT_DIR/checkpoints/, and --resume_from_checkpoint last continues an interrupted run).
     """
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing model directory."})
