@@ -451,6 +451,7 @@ def run_training(
         "validation_data": data.dataset_fingerprint(splits["validation"], root=data_args.data_root),
         "data_dirs": [str(Path(d).expanduser().resolve()) for d in data_args.data_dir],
         "excluded_sources": data_args.exclude_sources or [],
+        "data_licences": data.source_licences(data_args.data_dir),
         "sources": {name: data.class_source_counts(part) for name, part in splits.items()},
         "skipped_files": [asdict(b) for b in bad_files],
         "split": {

@@ -93,6 +93,23 @@ def _full_meta() -> dict:
     }
 
 
+def test_card_shows_sources_licences_and_held_out_sources(tmp_path):
+    meta = _full_meta()
+    meta["sources"] = {"train": {"Covid": {"bimcv": 545, "cxnet-spain": 90}, "Normal": {"rsna-nih": 539}}}
+    meta["data_licences"] = {"bimcv": "BIMCV-COVID19+ research-use terms", "rsna-nih": "research use"}
+    meta["validation_by_source"] = {"bimcv": {"n": 139, "accuracy": 0.928, "accuracy_ci95": [0.87, 0.96]}}
+    meta["leave_one_source_out"] = [
+        {"source": "rsna-nih", "seed": 42, "n": 683, "accuracy": 0.61, "accuracy_ci95": [0.57, 0.65],
+         "covid_specificity": 0.61, "covid_specificity_ci95": [0.57, 0.65]},
+    ]
+    text = str(build_model_card(_tiny_model_dir(tmp_path / "model", meta)))
+    assert "| class | bimcv | cxnet-spain | rsna-nih |" in text
+    assert "| Covid | 545 | 90 | 0 |" in text and "| Normal | 0 | 0 | 539 |" in text
+    assert "- `bimcv`: BIMCV-COVID19+ research-use terms" in text and "research use only" in text
+    assert "| bimcv | 139 | 0.928 [0.870, 0.960] |" in text
+    assert "| rsna-nih (seed 42) | 683 | 0.610 [0.570, 0.650] |" in text
+
+
 def test_card_renders_from_metadata_and_round_trips(tmp_path):
     model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())
     path = write_model_card(model_dir)
@@ -125,7 +142,7 @@ def test_card_renders_from_metadata_and_round_trips(tmp_path):
         "far above chance",
         "NOT a diagnostic device",
         DISCLAIMER,
-        "children's films",
+        "Viral Pneumonia is a children's class",
         'pipeline("image-classification"',
     ):
         assert needle in text, needle

@@ -40,6 +40,7 @@ from hfxray.data.loading import (
     dataset_fingerprint,
     default_source_name,
     load_image_folder,
+    source_licences,
 )
 from hfxray.data.splits import (
     balance_weights,
@@ -89,6 +90,7 @@ __all__ = [
     "quarantine",
     "quarantine_dir",
     "records_from_dataset",
+    "source_licences",
     "split_dataset",
     "split_groups",
     "train_transform",

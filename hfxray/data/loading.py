@@ -155,6 +155,31 @@ def default_source_name(data_dir: str | os.PathLike) -> str:
     return path.parent.name if path.name.lower() in _SPLIT_FOLDER_NAMES and path.parent.name else path.name
 
 
+def source_licences(data_dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """``{source: licence note}`` from the folders' ``metadata.csv`` (column ``license_note``).
+
+    What a model card must say about the data a model saw (research-use terms travel with the
+    model). A folder without the column gets a note pointing to its own README.
+    """
+    import datasets
+
+    out: dict[str, str] = {}
+    for d in data_dirs:
+        folder = Path(d).expanduser().resolve()
+        table = folder / "metadata.csv"
+        notes: dict[str, set[str]] = {}
+        if table.is_file():
+            meta = datasets.load_dataset("csv", data_files=str(table), split="train", keep_default_na=False)
+            if {"source", "license_note"} <= set(meta.column_names):
+                for src, note in zip(meta["source"], meta["license_note"], strict=True):
+                    notes.setdefault(str(src), set()).add(str(note).strip())
+        if not notes:
+            notes[default_source_name(folder)] = {f"not recorded per film: see the README / licence of {default_source_name(folder)}"}
+        for src, values in notes.items():
+            out[src] = "; ".join(sorted(v for v in values if v)) or "not recorded"
+    return dict(sorted(out.items()))
+
+
 def _read_metadata(data_dir: Path) -> dict[str, dict[str, str]] | None:
     """``metadata.csv`` rows keyed by the absolute file path, through `datasets` (imagefolder convention).
 
@@ -369,7 +394,11 @@ def dataset_fingerprint(ds: Any, root: str | os.PathLike | None = None) -> dict[
     rel = [Path(os.path.relpath(p, root)).as_posix() if root else p for p in paths]
     pairs = sorted(zip(rel, shas, strict=True))
     digest = hashlib.sha256("\n".join(f"{r}\t{s}" for r, s in pairs).encode()).hexdigest()
-    classes = Counter(Path(r).parts[0] if len(Path(r).parts) > 1 else "" for r in rel)
+    if "label" in ds.column_names:  # several folders: the class is the label, not the first path part
+        names = ds.features["label"].names
+        classes = Counter(names[i] for i in ds["label"])
+    else:
+        classes = Counter(Path(r).parts[0] if len(Path(r).parts) > 1 else "" for r in rel)
     return {
         "dir": root,
         "n": len(paths),
