@@ -44,18 +44,21 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 from PIL import Image
 
 from hfxray import DISCLAIMER, __version__
-from hfxray.gradcam import explain, find_target_layer, overlay
 from hfxray.images import MAX_BYTES, ImageReadError, load_image
 from hfxray.inference import Predictor
+from hfxray.prediction_csv import csv_columns, csv_record
 
 logger = logging.getLogger(__name__)
 
 MAX_FILES = 32
 DISPLAY_SIZE = 512
+NO_HEATMAP_NOTE = (
+    "Grad-CAM heatmaps are off: PyTorch is not installed (inference-only install). The probabilities "
+    "come from ONNX Runtime as usual; install torch to see where the model looked."
+)
 ABSTAIN_TEXT = "Outside what this model has seen"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -74,6 +77,7 @@ class FileResult:
     predicted: str | None = None  # a class name; None when abstained or unreadable
     warnings: list[str] = field(default_factory=list)
     abstained: bool = False
+    refused: str | None = None  # why (one line), when abstained
     error: str | None = None
     distance: float | None = None
     image: Image.Image | None = None  # display-size original
@@ -123,11 +127,10 @@ class XrayService:
     def __init__(self, model: str | os.PathLike | None = None) -> None:
         source = model if model is not None else os.environ.get(ENV_MODEL) or None
         self.predictor = Predictor.from_pretrained(source)  # ONNX Runtime when the directory has model.onnx
-        # PyTorch weights for the heatmap (Grad-CAM needs gradients), shared when the predictor uses torch
-        self.model = self.predictor.model if self.predictor.model is not None else _torch_model(self.predictor)
         self.classes = list(self.predictor.classes)
         self.image_size = int(self.predictor.image_size)
-        self.layer = find_target_layer(self.model, torch.zeros(1, 3, self.image_size, self.image_size))
+        # None when PyTorch is not installed (the inference-only install): probabilities, no heatmap
+        self.model, self.layer = _gradcam_model(self.predictor)
         self._lock = threading.Lock()
         self._csv_dir = Path(tempfile.mkdtemp(prefix="hfxray-space-csv-"))
         self._recent: OrderedDict[str, tuple[float, FileResult]] = OrderedDict()
@@ -154,11 +157,27 @@ class XrayService:
     def model_name(self) -> str:
         return self.predictor.model_dir.name
 
+    @property
+    def heatmaps(self) -> bool:
+        """Whether Grad-CAM heatmaps can be drawn (they need PyTorch; ONNX Runtime gives the numbers)."""
+        return self.model is not None
+
+    def _heatmap(self, shown: Image.Image, pixel_values: Any, target_class: int) -> Image.Image | None:
+        """The Grad-CAM overlay on the display image, for ``target_class``; None without PyTorch."""
+        if self.model is None:
+            return None
+        import torch
+
+        from hfxray.gradcam import explain, overlay
+
+        with self._lock:
+            out = explain(
+                self.model, torch.from_numpy(pixel_values[None]), target_class=target_class, layer=self.layer
+            )
+        return overlay(shown, out.cams[0])
+
     def analyse_image(self, image: Image.Image, name: str) -> FileResult:
         analysis = self.predictor.analyse_image(image)
-        pixel_values = torch.from_numpy(analysis.pixel_values[None])
-        with self._lock:
-            out = explain(self.model, pixel_values, target_class=analysis.predicted_index, layer=self.layer)
         probs = {c: float(p) for c, p in zip(self.classes, analysis.probs, strict=True)}
         gate = analysis.gate
         shown = _display(image)
@@ -168,7 +187,7 @@ class XrayService:
             abstained=not gate.ok,
             distance=gate.distance,
             image=shown,
-            heatmap=overlay(shown, out.cams[0]),
+            heatmap=self._heatmap(shown, analysis.pixel_values, analysis.predicted_index),
         )
         if gate.ok:
             result.probs = probs
@@ -193,19 +212,28 @@ class XrayService:
             return FileResult(name=name, error=f"{name!r}: the model could not process this image")
 
     def write_csv(self, results: Sequence[FileResult]) -> Path:
-        """A CSV of the batch (file, predicted, one probability column per class, warnings)."""
+        """The batch as CSV, in ``predict.py``'s schema (:func:`hfxray.prediction_csv.csv_columns`:
+        path, predicted, prob_<class>..., refused, warning, error), cells safe for spreadsheets."""
         self._purge_old_csv()
         folder = self._csv_dir / uuid.uuid4().hex
         folder.mkdir()
         path = folder / "hfxray_predictions.csv"
         with path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "predicted", *[f"p_{c}" for c in self.classes], "warning", "disclaimer"])
+            writer.writerow(csv_columns(self.classes))
             for r in results:
-                predicted = r.predicted or ("unreadable" if r.error else ABSTAIN_TEXT.lower())
-                probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in self.classes]
-                warning = "; ".join(([r.error] if r.error else []) + r.warnings)
-                writer.writerow([r.name, predicted, *probs, warning, DISCLAIMER])
+                warning = "; ".join(r.warnings) or None
+                writer.writerow(
+                    csv_record(
+                        r.name,
+                        r.predicted,
+                        r.probs,
+                        self.classes,
+                        refused=r.refused,
+                        warning=warning,
+                        error=r.error,
+                    )
+                )
         return path
 
     def image_file(self, image: Image.Image | None) -> str | None:
@@ -235,11 +263,23 @@ class XrayService:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _torch_model(predictor: Predictor) -> torch.nn.Module:
+def _gradcam_model(predictor: Predictor) -> tuple[Any, Any]:
+    """(PyTorch model, Grad-CAM layer) for the heatmaps, or (None, None) when torch is not installed:
+    the inference-only install answers with ONNX Runtime and says that heatmaps are off."""
+    try:
+        import torch
+    except ImportError:
+        logger.warning("PyTorch is not installed: the Space answers without Grad-CAM heatmaps")
+        return None, None
+    from hfxray.gradcam import find_target_layer
     from hfxray.modeling import load_model
 
-    model, _ = load_model(predictor.model_dir)
-    return model.eval()
+    model = predictor.model
+    if model is None:  # ONNX Runtime gives the probabilities: the same weights in PyTorch for the heatmap
+        model, _ = load_model(predictor.model_dir)
+        model.eval()
+    size = int(predictor.image_size)
+    return model, find_target_layer(model, torch.zeros(1, 3, size, size))
 
 
 def _uploaded_paths(files: Any) -> list[str]:
@@ -308,6 +348,10 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
             f"Model: `{service.model_name}` · hfxray {__version__} · files: PNG, JPEG, BMP, TIFF or DICOM."
         )
         gr.Markdown(f"**{DISCLAIMER}**", elem_id="disclaimer")
+        heat_label = "Show Grad-CAM heatmap"
+        if not service.heatmaps:
+            heat_label = "Grad-CAM heatmap (off: needs PyTorch)"
+            gr.Markdown(NO_HEATMAP_NOTE, elem_id="no-heatmap")
 
         with gr.Tab("One image", id="single"):
             with gr.Row():
@@ -317,7 +361,10 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
                     )
                     single_button = gr.Button("Analyse", variant="primary", elem_id="single-button")
                     single_heat = gr.Checkbox(
-                        value=True, label="Show Grad-CAM heatmap", elem_id="single-heat"
+                        value=service.heatmaps,
+                        label=heat_label,
+                        interactive=service.heatmaps,
+                        elem_id="single-heat",
                     )
                 with gr.Column():
                     single_image = gr.Image(
@@ -340,7 +387,12 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
                         elem_id="batch-files",
                     )
                     batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-button")
-                    batch_heat = gr.Checkbox(value=True, label="Show Grad-CAM heatmaps", elem_id="batch-heat")
+                    batch_heat = gr.Checkbox(
+                        value=service.heatmaps,
+                        label=heat_label,
+                        interactive=service.heatmaps,
+                        elem_id="batch-heat",
+                    )
                     batch_csv = gr.File(
                         label="Download results (CSV)", interactive=False, elem_id="batch-csv"
                     )
@@ -379,7 +431,7 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
             )
             return (
                 result.label_value(),
-                service.image_file(result.heatmap),
+                service.image_file(result.heatmap or result.image),
                 result.markdown(),
                 result.warnings_text(),
                 result,
@@ -388,7 +440,7 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
         def toggle_single(show_heat: bool, result: FileResult | None) -> Any:
             if result is None or result.image is None:
                 return None
-            return service.image_file(result.heatmap if show_heat else result.image)
+            return service.image_file(result.heatmap if show_heat and result.heatmap else result.image)
 
         single_button.click(
             predict,
@@ -400,7 +452,10 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
 
         def gallery_items(results: list[FileResult], show_heat: bool) -> list[tuple[str | None, str]]:
             return [
-                (service.image_file(r.heatmap if show_heat else r.image), f"{r.name}: {r.headline}")
+                (
+                    service.image_file(r.heatmap if show_heat and r.heatmap else r.image),
+                    f"{r.name}: {r.headline}",
+                )
                 for r in results
                 if r.image is not None
             ]

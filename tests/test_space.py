@@ -12,6 +12,7 @@ from PIL import Image
 from skimage import data
 
 from hfxray import DISCLAIMER
+from hfxray.prediction_csv import csv_columns
 from hfxray.space_app import ABSTAIN_TEXT, parse_auth, spawn_server
 
 pytestmark = pytest.mark.slow
@@ -156,15 +157,16 @@ def test_batch_with_dicom_and_a_bad_file_gives_a_csv(client, shared_data, tmp_pa
     assert DISCLAIMER in result
     with Path(csv_path).open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert [r["file"] for r in rows] == [p.name for p in files]
+    # predict.py's schema (hfxray.prediction_csv): path, predicted, prob_<class>..., refused, warning, error
+    assert list(rows[0]) == csv_columns(["Covid", "Normal", "Viral Pneumonia"])
+    assert [r["path"] for r in rows] == [p.name for p in files]
     for row in rows[:3]:
-        probs = [float(row[f"p_{c}"]) for c in ("Covid", "Normal", "Viral Pneumonia")]
+        probs = [float(row[f"prob_{c}"]) for c in ("Covid", "Normal", "Viral Pneumonia")]
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
         assert row["predicted"] in ("Covid", "Normal", "Viral Pneumonia")
     # the DICOM and its PNG source decode to the same picture, so they get the same answer
     assert rows[2]["predicted"] == rows[0]["predicted"]
-    assert rows[3]["predicted"] == "unreadable" and "empty" in rows[3]["warning"]
-    assert all(r["disclaimer"] == DISCLAIMER for r in rows)
+    assert rows[3]["predicted"] == "" and "empty" in rows[3]["error"] and rows[3]["prob_Covid"] == ""
     assert len(table["data"]) == 4
     # no upload kept, no patient identifier in the server log
     for p in files:
