@@ -1,38 +1,40 @@
-"""Input gate: is this image a frontal chest film like the training data? If not, abstain.
+"""Input gate: two questions, two answers, before a class is shown.
 
-A classifier trained on three kinds of chest X-ray gives a confident answer for *any* input - a
-cat, a selfie, a scanned letter. The gate runs before the answer is shown and turns such inputs
-into a warning and no class ("outside what this model has seen"). It combines four checks, each
-cheap, each explainable to a user:
+A classifier trained on chest X-rays gives a confident answer for *any* input - a knee film, a CT
+slice, noise, a scanned letter. The gate asks two separate questions (issue 10):
 
-1. **Simple checks** on the decoded image: a short side below 64 px, an aspect ratio beyond 2.5:1
-   (chest films are between about 0.75:1 and 2:1), or an almost constant image (grey-level
-   standard deviation below 6/255 on the model's S x S input image) -> abstain. A short side below the
-   model's input size is a (non-blocking) warning: the image is upscaled.
-2. **Colour.** A radiograph has one channel. Displayed, scanned or re-encoded it may come out
-   grey *or tinted in one hue* (sepia scans, green-tinted exports - the shared training data is
-   such a set), but never in several distinct hues. On the model's S x S input image (HSV), "coloured"
-   pixels have saturation > 50/255 and value > 40/255; the *second-hue share* is the fraction of
-   all pixels that are coloured with a hue more than 25 degrees away from the dominant hue.
-   Above 1 % -> "looks like a colour photograph" -> abstain. A photo in one hue family (a
-   ginger cat, a cup of coffee) is caught by the *coloured share* (fraction of coloured pixels)
-   exceeding the largest share seen in the training data (x 1.2 + 0.02), or, without fitted
-   statistics, 60 %.
-3. **Feature-space distance** (when the model directory has fitted statistics). The model's own
-   penultimate features (the pooled vector that enters the classifier, i.e. timm's
-   ``forward_head(..., pre_logits=True)``) of the training images give a class-agnostic mean and a
-   diagonal covariance shrunk 10 % towards its average (stable with a few hundred images). The
-   distance is the root-mean-square z-score ``sqrt(mean((f - mean)^2 / var))``. The threshold is
-   the 99th percentile of that distance on *held-out* validation images (not the ones the mean
-   and variance were fitted on), so by construction about 99 % of in-distribution films pass and
-   the gate abstains on the rest of what lies further out. Above it -> abstain.
-4. Without fitted statistics (``hfxray.json`` has no ``gate``), only checks 1 and 2 run and every
-   result says so in its warnings.
+1. **Is this a frontal chest radiograph?** If not, the input is **refused**: no class, the reason
+   in words (``GateResult.refused``; the CSV's ``refused`` column). Refusals come from
 
-``fit_gate`` computes the statistics; ``write_gate`` stores them under ``gate`` in
-``hfxray.json``. Limits: the feature check only knows "like the training images or not"; it says
-nothing about image quality within the distribution, and an unusual but genuine film (a child, a
-lateral view, a different scanner) may be refused - that is the intended, conservative direction.
+   * simple image checks: a short side below 64 px, an aspect ratio beyond 2.5:1, an almost
+     uniform image (grey-level standard deviation below 6/255 on the model's S x S input image),
+     or colour: a radiograph is grey or tinted in one hue, never several (second-hue share above
+     1 %), nor strongly coloured almost everywhere;
+   * a **chest-film classifier** (gate v2): a standardised logistic regression on the model's
+     own penultimate features plus a few cheap image statistics (:data:`IMAGE_STAT_NAMES`),
+     trained on frontal chest films of many sources against other medical images (knee films,
+     CT, MRI, ultrasound, fundus, skin, histology) and generated negatives (noise, text pages,
+     photos, blank, gradient and checkerboard images). Its threshold is chosen on *held-out*
+     groups (each source / kind scored by a classifier that never saw it). The runtime check is
+     numpy only: a dot product and a sigmoid, from coefficients stored as JSON lists.
+
+2. **Is this film unlike those the model was trained on?** If so, the model still **answers**
+   (class and probabilities) and warns that it was not validated on films like it
+   (``GateResult.notes`` / ``warning``). The measure is the distance in the same feature space
+   to the *nearest* training source: per source a mean, one pooled within-source diagonal
+   variance (shrunk 10 % towards its average), distance = RMS z-score. The threshold is the 99th
+   percentile of cross-fitted distances of training films (each film measured against a mean
+   that did not include it).
+
+Everything is stored under ``gate`` in ``hfxray.json`` (:func:`write_gate`) and applied by
+:class:`InputGate`, which :class:`hfxray.inference.Predictor` uses for ``predict.py``,
+``evaluate.py`` and the Space alike. Fitting lives in :mod:`hfxray.gate_fit` (scikit-learn, model
+features); this module imports neither torch, transformers nor scikit-learn at import time, so the
+ONNX prediction path stays lean.
+
+Older model directories carry the gate v1 statistics (one distance to the training mean, threshold
+at the 99th percentile of validation distances, :func:`fit_gate`); for them the distance still
+refuses, as it did, because they have no chest-film classifier.
 """
 
 from __future__ import annotations
@@ -46,12 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from hfxray.modeling import classifier_module
-
 GATE_METHOD = "diag-mahalanobis-penultimate-v1"
+GATE_METHOD_V2 = "chest-logreg+nearest-source-v2"
 METADATA_FILENAME = "hfxray.json"
 
 MIN_SIDE = 64
@@ -66,20 +66,73 @@ _THUMB = 224  # side of the measured image when the model's input size is unknow
 _SAT_MIN, _VAL_MIN = 50, 40  # of 255, for "clearly coloured" pixels
 _HUE_BINS, _HUE_HALF_WINDOW = 36, 2  # 10-degree bins; dominant hue +- 2 bins (25 degrees)
 
+# Cheap statistics of the S x S input image that the chest-film classifier may use besides the
+# model's features: noise and text are rough where films are smooth, documents mostly white, and the
+# layout (the image box-averaged to LAYOUT_SIDE x LAYOUT_SIDE, z-scored) shows where a chest film
+# has its lungs, mediastinum and diaphragm - where a knee film, a CT slice or a fan of ultrasound
+# has something else. Measured on held-out kinds, the layout did what the model's features could
+# not: a classifier that never saw a knee film still refuses them (docs/gate.md).
+SCALAR_STAT_NAMES: tuple[str, ...] = (
+    "grey_std",
+    "log_roughness",
+    "log_roughness_2x",
+    "saturated_share",
+    "coloured_share",
+    "second_hue_share",
+    "entropy",
+)
+LAYOUT_SIDE = 16
+LAYOUT_STAT_NAMES: tuple[str, ...] = tuple(f"layout_{i:03d}" for i in range(LAYOUT_SIDE * LAYOUT_SIDE))
+IMAGE_STAT_NAMES: tuple[str, ...] = SCALAR_STAT_NAMES + LAYOUT_STAT_NAMES
+
 NO_STATS_WARNING = (
     "feature-space check unavailable: this model has no input-gate statistics, "
     "so only the colour and simple checks ran"
 )
+NOT_CHEST_TEXT = "not a frontal chest radiograph"
+UNFAMILIAR_TEXT = "unlike the films this model was trained on"
+
+
+@dataclass
+class ImageChecks:
+    """What the gate measures on the image alone (run in prediction's decoding threads)."""
+
+    blocking: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stats: np.ndarray | None = None  # values of IMAGE_STAT_NAMES
+
+    def __iter__(self):  # ``blocking, notes = gate.image_checks(image)`` keeps working
+        return iter((self.blocking, self.notes))
 
 
 @dataclass
 class GateResult:
-    """``ok`` False means abstain: show the warnings and no class."""
+    """The gate's verdict on one image. ``ok`` False means refused: show the reasons, no class."""
 
     ok: bool
-    warnings: list[str] = field(default_factory=list)
-    distance: float | None = None
-    threshold: float | None = None
+    refusals: list[str] = field(default_factory=list)  # why the input is refused (empty when ok)
+    notes: list[str] = field(default_factory=list)  # warnings shown next to an answer
+    distance: float | None = None  # feature distance (v2: to the nearest training source)
+    threshold: float | None = None  # its threshold (v2: warn above; v1: refuse above)
+    chest_score: float | None = None  # v2: the chest-film classifier's probability
+    chest_threshold: float | None = None
+    unfamiliar: bool = False  # v2: answered, but far from every training source
+    nearest_source: str | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Refusal reasons first, then notes: everything there is to tell the user."""
+        return self.refusals + self.notes
+
+    @property
+    def refused(self) -> str | None:
+        """One line: why no class is given, or None when the model answers."""
+        return "; ".join(self.refusals) or None
+
+    @property
+    def warning(self) -> str | None:
+        """One line of notes shown with the answer (unfamiliar film, upscaled image), or None."""
+        return "; ".join(self.notes) or None
 
 
 def thumbnail(image: Image.Image, size: int | None = None) -> Image.Image:
@@ -109,11 +162,55 @@ def colour_stats(image: Image.Image) -> tuple[float, float]:
     return n_coloured / coloured.size, outside / coloured.size
 
 
+def _roughness(grey: np.ndarray, std: float) -> float:
+    """Mean absolute neighbour difference relative to the spread: about 1 for noise, small for films."""
+    dx = np.abs(np.diff(grey, axis=1)).mean()
+    dy = np.abs(np.diff(grey, axis=0)).mean()
+    return float((dx + dy) / 2.0 / (std + 1.0))
+
+
+def layout(grey_image: Image.Image) -> np.ndarray:
+    """The grey image box-averaged to LAYOUT_SIDE x LAYOUT_SIDE and z-scored (flattened)."""
+    cells = np.asarray(grey_image.resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.BOX), dtype=np.float64).ravel()
+    return (cells - cells.mean()) / (cells.std() + 1.0)
+
+
+def image_stats(grey: np.ndarray, coloured: float, second_hue: float, grey_image: Image.Image | None = None) -> np.ndarray:
+    """Values of :data:`IMAGE_STAT_NAMES` for a grey S x S float array (0..255), its colour shares and
+    (for the layout) the same grey image as PIL "L" (made from ``grey`` when not given)."""
+    if grey_image is None:
+        grey_image = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
+    std = float(grey.std())
+    h, w = (grey.shape[0] // 2) * 2, (grey.shape[1] // 2) * 2
+    half = grey[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    hist = np.bincount(np.clip(grey, 0, 255).astype(np.int32).ravel() // 8, minlength=32) / grey.size
+    nonzero = hist[hist > 0]
+    return np.array(
+        [
+            std / 255.0,
+            np.log(_roughness(grey, std) + 1e-3),
+            np.log(_roughness(half, float(half.std())) + 1e-3),
+            float(np.mean((grey <= 4) | (grey >= 251))),
+            coloured,
+            second_hue,
+            float(-(nonzero * np.log2(nonzero)).sum()) / 5.0,
+            *layout(grey_image),
+        ],
+        dtype=np.float64,
+    )
+
+
 def simple_checks(
     image: Image.Image, image_size: int | None = None, small: Image.Image | None = None
 ) -> tuple[list[str], list[str]]:
     """(blocking reasons, non-blocking warnings) from size, aspect ratio and contrast; the contrast
     on ``small``, the image's :func:`thumbnail` (made here when not given)."""
+    small = small if small is not None else thumbnail(image, image_size)
+    grey = np.asarray(small.convert("L"), dtype=np.float32)
+    return _simple_checks(image, image_size, float(grey.std()))
+
+
+def _simple_checks(image: Image.Image, image_size: int | None, grey_std: float) -> tuple[list[str], list[str]]:
     blocking: list[str] = []
     notes: list[str] = []
     w, h = image.size
@@ -124,112 +221,80 @@ def simple_checks(
     aspect = max(w, h) / max(1, min(w, h))
     if aspect > MAX_ASPECT:
         blocking.append(f"extreme aspect ratio ({w}x{h} px, {aspect:.1f}:1); not a chest film")
-    small = small if small is not None else thumbnail(image, image_size)
-    grey = np.asarray(small.convert("L"), dtype=np.float32)
-    if float(grey.std()) < MIN_GREY_STD:
+    if grey_std < MIN_GREY_STD:
         blocking.append("image is almost uniform (no visible structure)")
     return blocking, notes
-
-
-def extract_features(model: torch.nn.Module, pixel_values: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, D) penultimate features: the input of the final Linear layer, captured with a hook.
-
-    For a timm backbone this equals ``forward_head(forward_features(x), pre_logits=True)``; using
-    the classifier's input works for transformers CNNs too and adds nothing to the forward pass.
-    """
-    if isinstance(pixel_values, np.ndarray):
-        pixel_values = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
-    if pixel_values.ndim == 3:
-        pixel_values = pixel_values.unsqueeze(0)
-    captured: list[torch.Tensor] = []
-    handle = classifier_module(model).register_forward_pre_hook(
-        lambda _m, inputs: captured.append(inputs[0].detach().flatten(1))
-    )
-    try:
-        with torch.inference_mode():
-            model(pixel_values=pixel_values)
-    finally:
-        handle.remove()
-    return captured[-1].float().numpy()
-
-
-def _as_images(images: Sequence[Image.Image | str | os.PathLike], image_size: int) -> list[Image.Image]:
-    from hfxray.images import load_image
-
-    return [im if isinstance(im, Image.Image) else load_image(im, draft_size=image_size) for im in images]
-
-
-def _processor_size(processor: Any) -> int:
-    size = processor.size
-    size = size if isinstance(size, dict) else vars(size)
-    return int(size.get("height") or size.get("shortest_edge") or 224)
-
-
-def _features_of(model, processor, images: Sequence[Image.Image], batch_size: int) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = [im.convert("RGB") for im in images[start : start + batch_size]]
-        pixel_values = processor(images=chunk, return_tensors="pt")["pixel_values"]
-        out.append(extract_features(model, pixel_values))
-    return np.concatenate(out)
 
 
 def _rms_z(features: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean((np.atleast_2d(features) - mean) ** 2 / var, axis=1))
 
 
-def fit_gate(
-    model: torch.nn.Module,
-    processor: Any,
-    images: Sequence[Image.Image | str | os.PathLike],
-    *,
-    validation_images: Sequence[Image.Image | str | os.PathLike] | None = None,
-    quantile: float = DEFAULT_QUANTILE,
-    batch_size: int = 16,
-) -> dict[str, Any]:
-    """Gate statistics (JSON-ready) from training ``images`` and held-out ``validation_images``.
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
 
-    Mean and shrunk diagonal variance come from ``images``; the distance threshold is the
-    ``quantile`` of the distances of ``validation_images``. Without validation images, every
-    fourth image is held out. Images may be PIL images or paths (read with ``images.load_image``).
-    """
-    if not 0.5 <= quantile < 1.0:
-        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
-    image_size = _processor_size(processor)
-    images = _as_images(images, image_size)
-    if validation_images is None:
-        validation = [im for i, im in enumerate(images) if i % 4 == 3]
-        fit = [im for i, im in enumerate(images) if i % 4 != 3]
-    else:
-        fit, validation = images, _as_images(validation_images, image_size)
-    if len(fit) < 8 or len(validation) < 4:
-        raise ValueError(
-            f"need at least 8 fitting and 4 validation images, got {len(fit)} and {len(validation)}"
-        )
-    model.eval()
-    fit_feats = _features_of(model, processor, fit, batch_size).astype(np.float64)
-    val_feats = _features_of(model, processor, validation, batch_size).astype(np.float64)
-    mean = fit_feats.mean(axis=0)
-    var = fit_feats.var(axis=0)
-    var = (1.0 - SHRINKAGE) * var + SHRINKAGE * var.mean() + 1e-6
-    val_dist = _rms_z(val_feats, mean, var)
-    threshold = float(np.quantile(val_dist, quantile))
-    coloured = [colour_stats(thumbnail(im, image_size))[0] for im in (*fit, *validation)]
-    return {
-        "method": GATE_METHOD,
-        "feature": "penultimate",
-        "dim": int(mean.shape[0]),
-        "mean": [float(f"{v:.6g}") for v in mean],
-        "var": [float(f"{v:.6g}") for v in var],
-        "shrinkage": SHRINKAGE,
-        "threshold": threshold,
-        "quantile": quantile,
-        "n_fit": len(fit),
-        "n_validation": len(validation),
-        "validation_pass_rate": float(np.mean(val_dist <= threshold)),
-        "validation_distance_median": float(np.median(val_dist)),
-        "max_coloured_share": float(max(coloured)),
-    }
+
+def _floats(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+class ChestClassifier:
+    """The stored logistic regression: P(frontal chest film | features, image statistics)."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.image_stat_names = tuple(stats.get("image_stats") or ())
+        unknown = set(self.image_stat_names) - set(IMAGE_STAT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown image statistics in the gate: {sorted(unknown)}")
+        self._stat_index = [IMAGE_STAT_NAMES.index(n) for n in self.image_stat_names]
+        self.mean = _floats(stats["scaler_mean"])
+        self.scale = _floats(stats["scaler_scale"])
+        self.coef = _floats(stats["coef"])
+        self.intercept = float(stats["intercept"])
+        self.threshold = float(stats["threshold"])
+        self.dim = int(stats["feature_dim"])
+        if not (self.mean.shape == self.scale.shape == self.coef.shape == (self.dim + len(self._stat_index),)):
+            raise ValueError("the gate's chest classifier has inconsistent lengths")
+
+    def inputs(self, features: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
+        """(n, D + k) classifier inputs: features followed by the chosen image statistics."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if features.shape[1] != self.dim:
+            raise ValueError(f"the gate expects {self.dim} features, got {features.shape[1]}")
+        if not self._stat_index:
+            return features
+        if stats is None:
+            raise ValueError("the gate's chest classifier needs the image statistics")
+        stats = np.atleast_2d(np.asarray(stats, dtype=np.float64))[:, self._stat_index]
+        return np.hstack([features, stats])
+
+    def score(self, features: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        """P(frontal chest film) per row."""
+        z = ((self.inputs(features, stats) - self.mean) / self.scale) @ self.coef + self.intercept
+        return _sigmoid(z)
+
+
+class SourceDistance:
+    """Distance to the nearest training source: RMS z-score with a pooled diagonal variance."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.sources = list(stats["sources"])
+        self.means = _floats(stats["means"])
+        self.var = _floats(stats["var"])
+        self.threshold = float(stats["threshold"])
+        if self.means.shape != (len(self.sources), self.var.shape[0]):
+            raise ValueError("the gate's source statistics have inconsistent lengths")
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_sources) RMS z-scores."""
+        f = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        return np.sqrt((((f[:, None, :] - self.means[None]) ** 2) / self.var).mean(axis=2))
+
+    def nearest(self, features: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """(distance to the nearest source, its name) per row."""
+        d = self.distances(features)
+        idx = d.argmin(axis=1)
+        return d[np.arange(len(d)), idx], [self.sources[i] for i in idx]
 
 
 def write_gate(model_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
@@ -240,7 +305,7 @@ def write_gate(model_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hfxray-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
+            json.dump(meta, f, indent=1)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,13 +313,24 @@ def write_gate(model_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
     return path
 
 
+def read_gate(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``gate`` entry of a model directory's hfxray.json, or None."""
+    path = Path(model_dir) / METADATA_FILENAME
+    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return meta.get("gate") or None
+
+
 class InputGate:
-    """Decides, per image, whether to answer or abstain (see the module docstring)."""
+    """Decides, per image, whether to refuse, answer, or answer with a warning (module docstring).
+
+    ``model``/``processor`` are only needed when :meth:`check` must compute features itself (tests,
+    v1 callers); :class:`hfxray.inference.Predictor` passes the features of its own forward pass.
+    """
 
     def __init__(
         self,
         stats: dict[str, Any] | None = None,
-        model: torch.nn.Module | None = None,
+        model: Any = None,
         processor: Any = None,
         image_size: int | None = None,
     ) -> None:
@@ -262,21 +338,29 @@ class InputGate:
         self.model = model
         self.processor = processor
         self.image_size = image_size or (_processor_size(processor) if processor is not None else None)
-        if self.stats is not None:
-            if self.stats.get("method") != GATE_METHOD:
-                raise ValueError(f"unknown gate method {self.stats.get('method')!r}; expected {GATE_METHOD}")
-            self._mean = np.asarray(self.stats["mean"], dtype=np.float64)
-            self._var = np.asarray(self.stats["var"], dtype=np.float64)
-            self.threshold: float | None = float(self.stats["threshold"])
-            self.max_coloured_share = min(1.0, float(self.stats.get("max_coloured_share", 0.5)) * 1.2 + 0.02)
+        self.chest: ChestClassifier | None = None
+        self.familiarity: SourceDistance | None = None
+        self.threshold: float | None = None
+        self.max_coloured_share = DEFAULT_MAX_COLOURED_SHARE
+        if self.stats is None:
+            return
+        method = self.stats.get("method")
+        if method == GATE_METHOD_V2:
+            self.chest = ChestClassifier(self.stats["chest"])
+            if self.stats.get("familiarity"):
+                self.familiarity = SourceDistance(self.stats["familiarity"])
+                self.threshold = self.familiarity.threshold
+        elif method == GATE_METHOD:
+            self._mean = _floats(self.stats["mean"])
+            self._var = _floats(self.stats["var"])
+            self.threshold = float(self.stats["threshold"])
         else:
-            self.threshold = None
-            self.max_coloured_share = DEFAULT_MAX_COLOURED_SHARE
+            raise ValueError(f"unknown gate method {method!r}; expected {GATE_METHOD_V2} or {GATE_METHOD}")
+        if self.stats.get("max_coloured_share") is not None:
+            self.max_coloured_share = min(1.0, float(self.stats["max_coloured_share"]) * 1.2 + 0.02)
 
     @classmethod
-    def from_model_dir(
-        cls, model_dir: str | os.PathLike, model: torch.nn.Module | None = None, processor: Any = None
-    ) -> InputGate:
+    def from_model_dir(cls, model_dir: str | os.PathLike, model: Any = None, processor: Any = None) -> InputGate:
         """Gate for a saved model directory; no ``gate`` key in hfxray.json -> colour/simple checks only."""
         path = Path(model_dir) / METADATA_FILENAME
         meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -290,20 +374,29 @@ class InputGate:
     def has_feature_stats(self) -> bool:
         return self.stats is not None
 
+    @property
+    def version(self) -> int | None:
+        """2 for the two-question gate, 1 for the single distance, None without statistics."""
+        return None if self.stats is None else (2 if self.chest is not None else 1)
+
     def distance(self, features: np.ndarray) -> np.ndarray:
-        """RMS z-score of each feature row to the training mean."""
-        if self.stats is None:
-            raise ValueError("this gate has no feature statistics")
+        """Feature distance of each row: to the nearest training source (v2) or to the training mean (v1)."""
+        if self.familiarity is not None:
+            return self.familiarity.nearest(features)[0]
+        if self.stats is None or self.chest is not None:
+            raise ValueError("this gate has no feature-distance statistics")
         return _rms_z(np.asarray(features, dtype=np.float64), self._mean, self._var)
 
-    def image_checks(self, image: Image.Image, small: Image.Image | None = None) -> tuple[list[str], list[str]]:
-        """(blocking reasons, notes) of the checks that need only the image: size, contrast, colour.
+    def image_checks(self, image: Image.Image, small: Image.Image | None = None) -> ImageChecks:
+        """Checks that need only the image (size, contrast, colour) and its statistics.
 
         Separate from :meth:`check` so that prediction can run them in its decoding threads, next to
         the resize that made ``small`` (the image's S x S :func:`thumbnail`, made here when not given).
         """
         small = small if small is not None else thumbnail(image, self.image_size)
-        blocking, notes = simple_checks(image, self.image_size, small)
+        grey_image = small.convert("L") if small.mode != "L" else small
+        grey = np.asarray(grey_image, dtype=np.float32)
+        blocking, notes = _simple_checks(image, self.image_size, float(grey.std()))
         # a one-channel image has no saturation anywhere: its colour statistics are exactly zero
         coloured, second_hue = (0.0, 0.0) if image.mode == "L" else colour_stats(small)
         if second_hue > MAX_SECOND_HUE_SHARE:
@@ -316,40 +409,114 @@ class InputGate:
                 f"looks like a colour photograph ({coloured:.0%} of the image strongly coloured, "
                 f"above the {self.max_coloured_share:.0%} limit set from the training films)"
             )
-        return blocking, notes
+        return ImageChecks(blocking, notes, image_stats(grey, coloured, second_hue, grey_image))
 
     def check(
         self,
         image: Image.Image | None,
         features: np.ndarray | None = None,
         small: Image.Image | None = None,
-        image_checks: tuple[list[str], list[str]] | None = None,
+        image_checks: ImageChecks | tuple[list[str], list[str]] | None = None,
     ) -> GateResult:
         """Run all checks on one decoded image. What the caller already computed saves work:
         ``features`` (its penultimate features: no second model pass), ``small`` (its S x S
         :func:`thumbnail`) or the whole result of :meth:`image_checks` (then ``image`` may be None
-        unless the feature check must run the model itself)."""
+        unless the feature checks must run the model themselves)."""
         if image_checks is None:
             if image is None:
                 raise ValueError("check() needs the image or the result of image_checks()")
             image_checks = self.image_checks(image, small)
-        blocking, notes = list(image_checks[0]), list(image_checks[1])
-        dist = None
+        if not isinstance(image_checks, ImageChecks):
+            image_checks = ImageChecks(list(image_checks[0]), list(image_checks[1]))
+        result = GateResult(ok=True, refusals=list(image_checks.blocking), notes=list(image_checks.notes))
         if self.stats is None:
-            notes.append(NO_STATS_WARNING)
+            result.notes.append(NO_STATS_WARNING)
         else:
             if features is None and image is not None and self.model is not None and self.processor is not None:
-                pixel_values = self.processor(images=[image.convert("RGB")], return_tensors="pt")[
-                    "pixel_values"
-                ]
+                from hfxray.gate_fit import extract_features
+
+                pixel_values = self.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
                 features = extract_features(self.model, pixel_values)
             if features is None:
-                notes.append("feature-space check skipped: no model features given")
+                result.notes.append("feature-space check skipped: no model features given")
+            elif self.chest is not None:
+                self._check_v2(result, np.asarray(features).reshape(1, -1), image_checks)
             else:
-                dist = float(self.distance(np.asarray(features).reshape(1, -1))[0])
-                if dist > self.threshold:
-                    blocking.append(
-                        f"does not look like the chest X-rays this model was trained on "
-                        f"(feature distance {dist:.2f} > threshold {self.threshold:.2f})"
-                    )
-        return GateResult(ok=not blocking, warnings=blocking + notes, distance=dist, threshold=self.threshold)
+                self._check_v1(result, np.asarray(features).reshape(1, -1))
+        result.ok = not result.refusals
+        return result
+
+    def _check_v1(self, result: GateResult, features: np.ndarray) -> None:
+        dist = float(self.distance(features)[0])
+        result.distance, result.threshold = dist, self.threshold
+        if dist > self.threshold:
+            result.refusals.append(
+                f"does not look like the chest X-rays this model was trained on "
+                f"(feature distance {dist:.2f} > threshold {self.threshold:.2f})"
+            )
+
+    def _check_v2(self, result: GateResult, features: np.ndarray, checks: ImageChecks) -> None:
+        assert self.chest is not None
+        stats = checks.stats
+        if stats is None and self.chest.image_stat_names:
+            result.notes.append("chest-film check skipped: image statistics missing")
+            return
+        score = float(self.chest.score(features, stats)[0])
+        result.chest_score, result.chest_threshold = score, self.chest.threshold
+        if score < self.chest.threshold:
+            result.refusals.append(
+                f"{NOT_CHEST_TEXT} (chest-film score {score:.2f}, needs {self.chest.threshold:.2f}); "
+                "upload a frontal (PA or AP) chest X-ray"
+            )
+        if self.familiarity is None:
+            return
+        dist, nearest = self.familiarity.nearest(features)
+        result.distance, result.threshold, result.nearest_source = float(dist[0]), self.threshold, nearest[0]
+        if not result.refusals and result.distance > self.familiarity.threshold:
+            result.unfamiliar = True
+            result.notes.append(
+                f"{UNFAMILIAR_TEXT}: the model was not validated on films like it, treat the answer with "
+                f"extra caution (feature distance {result.distance:.2f} to the nearest training source "
+                f"'{nearest[0]}', above {self.familiarity.threshold:.2f})"
+            )
+
+
+# ------------------------------------------------------------------------------------------
+# Gate v1 fitting (still called by training; needs torch, imported lazily)
+
+
+def _processor_size(processor: Any) -> int:
+    size = processor.size
+    size = size if isinstance(size, dict) else vars(size)
+    return int(size.get("height") or size.get("shortest_edge") or 224)
+
+
+def extract_features(model: Any, pixel_values: Any) -> np.ndarray:
+    """(N, D) penultimate features of a torch model (see :func:`hfxray.gate_fit.extract_features`)."""
+    from hfxray.gate_fit import extract_features as _extract
+
+    return _extract(model, pixel_values)
+
+
+def fit_gate(
+    model: Any,
+    processor: Any,
+    images: Sequence[Image.Image | str | os.PathLike],
+    *,
+    validation_images: Sequence[Image.Image | str | os.PathLike] | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Gate v1 statistics (one distance to the training mean); see :func:`hfxray.gate_fit.fit_gate_v1`."""
+    from hfxray.gate_fit import fit_gate_v1
+
+    return fit_gate_v1(
+        model, processor, images, validation_images=validation_images, quantile=quantile, batch_size=batch_size
+    )
+
+
+def fit_gate_v2(predictor_or_model_dir: Any, chest_dirs: Sequence[str | os.PathLike], **kwargs: Any) -> dict[str, Any]:
+    """Fit the two-question gate; see :func:`hfxray.gate_fit.fit_gate_v2`."""
+    from hfxray.gate_fit import fit_gate_v2 as _fit
+
+    return _fit(predictor_or_model_dir, chest_dirs, **kwargs)

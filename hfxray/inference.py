@@ -68,7 +68,7 @@ class PredictionRow:
 
     @property
     def abstained(self) -> bool:
-        """Read, but the input gate refused to name a class (reasons in ``warning``)."""
+        """Read, but the input gate refused to name a class (reasons in ``refused``)."""
         return self.ok and self.predicted is None
 
 
@@ -448,6 +448,15 @@ class Predictor:
         ]
         return softmax(logits), verdicts
 
+    def gate_inputs(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[Any]]:
+        """(n, D) penultimate features and the gate's image checks (with statistics) of decoded images,
+        from this predictor's own preprocessing and forward pass: what the input gate is fitted on."""
+        prepared = [self._prepare_image(im) for im in images]
+        _, features = self._forward(np.stack([p.pixels for p in prepared]))
+        if features is None:
+            raise ValueError(f"the model in {self.model_dir} gives no penultimate features; re-export model.onnx")
+        return features, [p.checks for p in prepared]
+
     def predict_images_gated(
         self, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> tuple[np.ndarray, list[str | None] | None]:
@@ -564,10 +573,12 @@ class Predictor:
             for i, p, verdict in zip(good, probs, verdicts, strict=True):
                 done[i] = PredictionRow(
                     path=paths[i],
-                    # the gate abstains: no class, but the probabilities stay visible
+                    # refused (not a frontal chest film): no class, but the probabilities stay visible;
+                    # an unfamiliar film is answered, with the warning
                     predicted=self.classes[int(np.argmax(p))] if verdict.ok else None,
                     probs={c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                    warning="; ".join(verdict.warnings) or None,
+                    warning=verdict.warning,
+                    refused=verdict.refused,
                 )
         return [
             done.get(i) or PredictionRow(path=path, predicted=None, probs={}, error=p.error)

@@ -7,8 +7,11 @@ All logic lives here; ``space/app.py`` only calls :func:`main`. Design choices:
   decoder (``load_image`` with ``draft_size``) and preprocessing, so both show the same numbers.
   The Grad-CAM heatmap needs gradients, so PyTorch computes it, for the class ONNX Runtime chose,
   from the very pixel values the predictor used.
-* The input gate (:mod:`hfxray.gate`) runs before an answer is shown; when it abstains the user
-  sees "outside what this model has seen", the reasons, and no class probabilities.
+* The input gate (:mod:`hfxray.gate`) runs before an answer is shown and answers two questions
+  apart: an input that is not a frontal chest radiograph is *refused* (the result says "Not a
+  frontal chest radiograph" with the reason, no class probabilities); a film unlike the training
+  films is *answered* with a warning (the result names it "unfamiliar", the reason is under
+  Warnings). Refusals never appear under Warnings, and warnings never replace an answer.
 * Offline: analytics off (``GRADIO_ANALYTICS_ENABLED=False`` and ``analytics_enabled=False``), a
   theme with system fonts only, no SSR/node server, no share link, no examples from patient data.
 * Privacy: uploads are read once and deleted from Gradio's cache right after; outputs are purged
@@ -59,7 +62,9 @@ NO_HEATMAP_NOTE = (
     "Grad-CAM heatmaps are off: PyTorch is not installed (inference-only install). The probabilities "
     "come from ONNX Runtime as usual; install torch to see where the model looked."
 )
-ABSTAIN_TEXT = "Outside what this model has seen"
+REFUSED_TEXT = "Not a frontal chest radiograph"
+ABSTAIN_TEXT = REFUSED_TEXT  # the earlier name
+UNFAMILIAR_TEXT = "Unfamiliar film"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 CSV_KEEP_SECONDS = 600  # our CSV/PNG outputs; Gradio serves its own copies
@@ -75,9 +80,10 @@ class FileResult:
     name: str
     probs: dict[str, float] = field(default_factory=dict)
     predicted: str | None = None  # a class name; None when abstained or unreadable
-    warnings: list[str] = field(default_factory=list)
-    abstained: bool = False
+    warnings: list[str] = field(default_factory=list)  # shown with an answer (never the refusal)
+    abstained: bool = False  # refused by the input gate: no class
     refused: str | None = None  # why (one line), when abstained
+    unfamiliar: bool = False  # answered, but unlike the training films
     error: str | None = None
     distance: float | None = None
     image: Image.Image | None = None  # display-size original
@@ -88,21 +94,26 @@ class FileResult:
         if self.error:
             return "No result: the file could not be read"
         if self.abstained:
-            return ABSTAIN_TEXT
+            return REFUSED_TEXT
         return f"{self.predicted} ({self.probs[self.predicted]:.0%})"
 
     def label_value(self) -> dict[str, float] | str | None:
         """gr.Label value: probabilities only when the model answers."""
         if self.error:
             return None
-        return ABSTAIN_TEXT if self.abstained else dict(self.probs)
+        return REFUSED_TEXT if self.abstained else dict(self.probs)
 
     def markdown(self) -> str:
         text = f"### {self.headline}\n"
         if self.error:
             text += f"\n{self.error}\n"
         elif self.abstained:
-            text += "\nThe model gives no class for this input; the reasons are under Warnings.\n"
+            text += f"\nNo class is given for this input: {self.refused or 'refused by the input gate'}.\n"
+        elif self.unfamiliar:
+            text += (
+                f"\n**{UNFAMILIAR_TEXT}:** the model was not validated on films like this one; "
+                "treat the answer with extra caution (details under Warnings).\n"
+            )
         text += f"\n*{DISCLAIMER}*"
         return text
 
@@ -183,8 +194,10 @@ class XrayService:
         shown = _display(image)
         result = FileResult(
             name=name,
-            warnings=list(gate.warnings),
+            warnings=list(gate.notes),
             abstained=not gate.ok,
+            refused=gate.refused,
+            unfamiliar=gate.unfamiliar,
             distance=gate.distance,
             image=shown,
             heatmap=self._heatmap(shown, analysis.pixel_values, analysis.predicted_index),
@@ -407,7 +420,7 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
                     )
                     batch_label, batch_text, batch_warn = _result_widgets("batch", len(service.classes))
             batch_table = gr.Dataframe(
-                headers=["file", "result", *service.classes, "warnings"],
+                headers=["file", "result", *service.classes, "refused", "warnings"],
                 label="All files",
                 interactive=False,
                 elem_id="batch-table",
@@ -501,6 +514,7 @@ def build_demo(model: str | os.PathLike | XrayService | None = None):
                     r.name,
                     r.headline,
                     *[round(r.probs[c], 4) if r.probs else None for c in service.classes],
+                    r.refused or "",
                     "; ".join(([r.error] if r.error else []) + r.warnings),
                 ]
                 for r in results
