@@ -1,0 +1,75 @@
+"""benchmarks/loso.py: what held-out films were called, and the probe mode end to end on real films."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import loso  # noqa: E402
+
+from hfxray.metrics import wilson_interval  # noqa: E402
+
+CLASSES = ["Covid", "Normal", "Viral Pneumonia"]
+
+
+def test_holdout_report_counts_what_each_film_was_called() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 1, 2, 1, 0, 1, 2, 1, 2])
+    r = loso.holdout_report(y, pred, CLASSES)
+    assert r["n"] == 10 and r["accuracy"] == pytest.approx(6 / 10)
+    assert r["accuracy_ci95"] == pytest.approx(wilson_interval(6, 10))
+    assert r["per_class"]["Covid"]["called"] == {"Covid": 2, "Normal": 1, "Viral Pneumonia": 1}
+    assert sum(sum(c["called"].values()) for c in r["per_class"].values()) == 10
+    assert r["covid_sensitivity"] == pytest.approx(2 / 4)
+    assert r["covid_specificity"] == pytest.approx(5 / 6)  # one normal film called Covid
+    assert r["viral_sensitivity"] == pytest.approx(2 / 3)
+    only_normal = loso.holdout_report(np.array([1, 1]), np.array([0, 1]), CLASSES)
+    assert "covid_sensitivity" not in only_normal and only_normal["covid_specificity"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def two_source_corpus(shared_data: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loso") / "corpus"
+    rows = []
+    for cls in CLASSES:
+        (root / cls).mkdir(parents=True)
+        for i, film in enumerate(sorted((shared_data / cls).iterdir())[:8]):
+            name = f"{cls}/{i}{film.suffix.lower()}"
+            shutil.copy(film, root / name)
+            rows.append({"file_name": name, "source": "site-a" if i % 2 else "site-b"})
+    with (root / "metadata.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file_name", "source"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.mark.slow
+def test_probe_mode_writes_one_row_per_choice_and_the_doc(two_source_corpus: Path, tmp_path: Path) -> None:
+    results, doc = tmp_path / "results.json", tmp_path / "loso.md"
+    doc.write_text("# LOSO\n\nkept text\n")
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "loso.py"), "--mode", "probe", "--data_dir", str(two_source_corpus),
+        "--holdout", "site-a", "--results", str(results), "--doc", str(doc), "--output_dir", str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(results.read_text())["rows"]
+    assert {r["choice"] for r in rows} == set(loso.PROBE_CHOICES)
+    for r in rows:
+        assert r["source"] == "site-a" and r["n"] == 12  # 4 of 8 films per class, 3 classes
+        assert sum(sum(c["called"].values()) for c in r["per_class"].values()) == 12
+    text = doc.read_text()
+    assert text.startswith("# LOSO\n\nkept text\n") and loso.BEGIN_MARK in text and loso.END_MARK in text
+    assert text.count("| probe |") == len(loso.PROBE_CHOICES)
