@@ -362,7 +362,8 @@ def write_html_report(
 
     `images` maps a caption to a PNG inside `out_dir` (referenced relatively). `extra_sections`
     maps a heading to plain text (paragraphs split on blank lines), a `Table`, or any JSON-able
-    object (shown preformatted). Every piece of text is HTML-escaped. Returns the report path.
+    object (shown preformatted). Every piece of text is HTML-escaped. Empty ``metrics`` (a data
+    check, not an evaluation) leave out the summary tables. Returns the report path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -384,7 +385,7 @@ def write_html_report(
 <body>
 <h1>{_e(title)}</h1>
 {disclaimer}
-{_metrics_html(metrics)}
+{_metrics_html(metrics) if metrics else ""}
 {"<h2>Figures</h2>" + figures if figures else ""}
 {sections}
 <hr>

@@ -34,12 +34,14 @@ def _write(image: Image.Image, path: Path, rng: np.random.Generator) -> None:
         image.save(path.with_suffix(".jpg"), quality=int(rng.integers(70, 96)))
 
 
-def _folder(root: Path, sizes: dict[str, tuple[int, int] | None], n: int = 30, seed: int = 0) -> list[Path]:
+def _folder(
+    root: Path, sizes: dict[str, tuple[int, int] | None], n: int | dict[str, int] = 30, seed: int = 0
+) -> list[Path]:
     """``root/<class>/<file>``; a class with size None gets sizes drawn from one shared range."""
     rng = np.random.default_rng(seed)
     for cls, size in sizes.items():
         (root / cls).mkdir(parents=True)
-        for i in range(n):
+        for i in range(n if isinstance(n, int) else n[cls]):
             side = size or (int(rng.integers(150, 260)), int(rng.integers(150, 260)))
             _write(_film(rng, side), root / cls / f"{i:03d}", rng)
     return sorted(p for p in root.rglob("*") if p.is_file())
@@ -139,3 +141,39 @@ def test_crosstab_and_report_match_the_folder(tmp_path: Path) -> None:
     assert sum(r["n"] for r in report["baseline"]["by_source"].values()) == report["baseline"]["n"] == 26
     text = confounding.format_confounding(report)
     assert "class x source" in text and "hospital-b" in text and "Metadata-only baseline" in text
+
+
+def test_check_data_prints_and_writes_the_confounding_report(tmp_path: Path) -> None:
+    """scripts/check_data.py on two folders: each source is mostly one class and has its own size."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    a = tmp_path / "hospital-a" / "train"
+    b = tmp_path / "hospital-b"
+    _folder(a, {"Covid": (300, 240), "Normal": (300, 240)}, n={"Covid": 20, "Normal": 3}, seed=5)
+    _folder(b, {"Covid": (200, 260), "Normal": (200, 260)}, n={"Covid": 3, "Normal": 20}, seed=6)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    out_json, out_html = tmp_path / "check.json", tmp_path / "html"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "scripts/check_data.py"), str(a), str(b), "--json", str(out_json)]
+        + ["--html", str(out_html)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "class x source" in proc.stdout and "HIGH confounding" in proc.stdout
+    report = json.loads(out_json.read_text())
+    assert report["counts"] == {"Covid": 23, "Normal": 23}
+    table = report["confounding"]["tables"]["source"]
+    assert table["rows"] == {"hospital-a": [20, 3], "hospital-b": [3, 20]}
+    assert table["single_class"] == {} and 0.5 < table["cramers_v"] < 1
+    baseline = report["confounding"]["baseline"]
+    assert baseline["level"] == "high" and baseline["accuracy_ci95"][0] > baseline["chance"]
+    html = (out_html / "report.html").read_text()
+    assert "Class x source" in html and "Metadata-only baseline" in html and "hospital-b" in html

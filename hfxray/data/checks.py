@@ -102,7 +102,7 @@ def quarantine(bad_files: Iterable[BadFile], data_dir: str | os.PathLike) -> Pat
 class DataCheckReport:
     """Everything `scripts/check_data.py` prints: counts, bad files, duplicates, leakage."""
 
-    data_dir: str
+    data_dir: str  # the folder, or the folders' common parent when several were checked
     classes: list[str]
     counts: dict[str, int]
     bad_files: list[BadFile] = field(default_factory=list)
@@ -111,6 +111,8 @@ class DataCheckReport:
     test_files: int = 0
     cross_duplicates: list[DuplicateGroup] = field(default_factory=list)
     quarantine_dir: str | None = None
+    data_dirs: list[str] = field(default_factory=list)
+    confounding: dict[str, Any] | None = None  # `confounding.confounding_report`
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -120,7 +122,9 @@ class DataCheckReport:
         return d
 
     def format(self) -> str:
-        lines = [f"Data folder: {self.data_dir}", f"{sum(self.counts.values())} usable images:"]
+        folders = self.data_dirs if len(self.data_dirs) > 1 else [self.data_dir]
+        lines = [f"Data folder{'s' if len(folders) > 1 else ''}: {', '.join(folders)}"]
+        lines.append(f"{sum(self.counts.values())} usable images:")
         lines += [f"  {c}: {self.counts.get(c, 0)}" for c in self.classes]
         lines.append(f"{len(self.bad_files)} bad file(s)" + (":" if self.bad_files else ""))
         lines += [f"  {b.path}: {b.reason}" for b in self.bad_files]
@@ -134,7 +138,37 @@ class DataCheckReport:
                 self.cross_duplicates,
                 str(Path(self.data_dir).parent),
             )
+        if self.confounding:
+            from hfxray.data.confounding import format_confounding
+
+            lines.append(format_confounding(self.confounding))
         return "\n".join(lines)
+
+    def write_html(self, out_dir: str | os.PathLike) -> Path:
+        """``out_dir/report.html``: counts, bad files, duplicates, leakage and the confounding report."""
+        from hfxray import report as html_report
+
+        sections: dict[str, Any] = {
+            "Images per class": html_report.Table(
+                ["class", "images"], [[c, self.counts.get(c, 0)] for c in self.classes]
+            ),
+            "Bad files": html_report.Table(["file", "reason"], [[b.path, b.reason] for b in self.bad_files])
+            if self.bad_files
+            else "No bad files.",
+            "Duplicates": "\n\n".join(_format_groups("duplicate group(s)", self.duplicates, self.data_dir)),
+        }
+        if self.test_dir is not None:
+            sections["Leakage into the test folder"] = "\n\n".join(
+                _format_groups(f"group(s) shared with {self.test_dir}", self.cross_duplicates, self.data_dir)
+            )
+        if self.confounding:
+            from hfxray.data.confounding import confounding_sections
+
+            sections.update(confounding_sections(self.confounding))
+        names = ", ".join(Path(d).name for d in (self.data_dirs or [self.data_dir]))
+        return html_report.write_html_report(
+            out_dir, {}, {}, title=f"hfxray data check: {names}", extra_sections=sections
+        )
 
 
 def _format_groups(title: str, groups: Sequence[DuplicateGroup], root: str) -> list[str]:
@@ -155,30 +189,40 @@ def _list_image_files(folder: Path) -> list[Path]:
 
 
 def check_folder(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     test_dir: str | os.PathLike | None = None,
     image_size: int = 224,
     phash_distance: int = 4,
     num_proc: int | None = None,
     move_bad_files: bool = False,
+    confounding: bool = False,
 ) -> DataCheckReport:
-    """Load a training folder and report counts, bad files, duplicates and test-folder leakage.
+    """Load one or several training folders and report counts, bad files, duplicates and leakage.
 
     Uses (and fills) the same `datasets` cache as training at ``image_size``. With
-    ``move_bad_files`` the bad files are quarantined (moved, logged, never deleted).
+    ``move_bad_files`` the bad files are quarantined (moved, logged, never deleted), each beside
+    its own folder. ``confounding`` adds the class x source/population tables and the
+    metadata-only baseline (`hfxray.data.confounding`).
     """
-    ds, bad = load_image_folder(data_dir, image_size=image_size, num_proc=num_proc)
+    dirs = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
+    resolved = [str(Path(d).expanduser().resolve()) for d in dirs]
+    ds, bad = load_image_folder(dirs[0] if len(dirs) == 1 else dirs, image_size=image_size, num_proc=num_proc)
     classes = ds.features["label"].names
     counts = Counter(ds["label"])
     records = records_from_dataset(ds)
     report = DataCheckReport(
-        data_dir=str(Path(data_dir).expanduser().resolve()),
+        data_dir=resolved[0] if len(resolved) == 1 else os.path.commonpath(resolved),
         classes=classes,
         counts={c: counts.get(i, 0) for i, c in enumerate(classes)},
         bad_files=bad,
         duplicates=_groups_from_records(records, phash_distance),
+        data_dirs=resolved,
     )
+    if confounding:
+        from hfxray.data.confounding import confounding_report
+
+        report.confounding = confounding_report(ds)
     if test_dir is not None:
         test_path = Path(test_dir).expanduser().resolve()
         if not test_path.is_dir():
@@ -188,5 +232,10 @@ def check_folder(
         test_records = [file_record(p, draft_size=image_size) for p in test_files]
         report.cross_duplicates = cross_duplicates(records, test_records, phash_distance=phash_distance)
     if move_bad_files and bad:
-        report.quarantine_dir = str(quarantine(bad, data_dir))
+        moved = []
+        for folder in resolved:
+            mine = [b for b in bad if Path(b.path).is_relative_to(folder)]
+            if mine:
+                moved.append(str(quarantine(mine, folder)))
+        report.quarantine_dir = ", ".join(dict.fromkeys(moved))
     return report

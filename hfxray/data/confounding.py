@@ -37,6 +37,7 @@ __all__ = [
     "BASELINE_FEATURES",
     "THUMB_SIZE",
     "confounding_report",
+    "confounding_sections",
     "crosstab",
     "feature_matrix",
     "file_features",
@@ -414,42 +415,12 @@ def _cramers_v(table: np.ndarray) -> float | None:
 
 
 def _duplicate_and_patient_groups(ds: Any) -> list[str] | None:
-    """One group id per row: films of one patient or one duplicate group share it; None if no groups.
+    """One group id per row (`splits.split_groups`: a patient's films and copies of one picture
+    share it), or None when every film is its own group."""
+    from hfxray.data.splits import split_groups
 
-    Patients and duplicate groups are joined transitively (a copy of patient A's film in patient
-    B's folder puts A and B in one group), so no fold sees the same picture twice.
-    """
-    from hfxray.data import group_records, records_from_dataset
-
-    n = len(ds)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def join(members: Sequence[int]) -> None:
-        root = find(members[0])
-        for m in members[1:]:
-            parent[find(m)] = root
-
-    grouped = False
-    if "patient_id" in ds.column_names:
-        by_patient: dict[str, list[int]] = {}
-        for i, pid in enumerate(ds["patient_id"]):
-            if pid:
-                by_patient.setdefault(str(pid), []).append(i)
-        for members in by_patient.values():
-            join(members)
-        grouped = bool(by_patient)
-    if "sha256" in ds.column_names:
-        dups = group_records(records_from_dataset(ds))
-        for members in dups:
-            join(members)
-        grouped = grouped or bool(dups)
-    return [f"g{find(i)}" for i in range(n)] if grouped else None
+    groups = split_groups(ds) if "sha256" in ds.column_names else list(range(len(ds)))
+    return [f"g{g}" for g in groups] if len(set(groups)) < len(groups) else None
 
 
 def confounding_report(
@@ -500,7 +471,9 @@ def _format_table(title: str, t: Mapping[str, Any]) -> list[str]:
         cells = "".join(str(v).rjust(w) for v, w in zip(counts, cw, strict=True))
         lines.append(f"  {name}".ljust(width) + cells + str(sum(counts)).rjust(8))
     lines.append(
-        "  total".ljust(width) + "".join(str(v).rjust(w) for v, w in zip(t["totals"], cw, strict=True))
+        "  total".ljust(width)
+        + "".join(str(v).rjust(w) for v, w in zip(t["totals"], cw, strict=True))
+        + str(t["n"]).rjust(8)
     )
     v = t.get("cramers_v")
     if v is not None:
@@ -526,7 +499,7 @@ def format_confounding(report: Mapping[str, Any]) -> str:
         lines.append("  strongest cues: " + ", ".join(f"{k} {v:.2f}" for k, v in b["top_features"].items()))
         lines.append("  " + b["verdict"])
         for key, per in b.items():
-            if key.startswith("by_") and isinstance(per, dict):
+            if key.startswith("by_") and isinstance(per, dict) and len(per) > 1:
                 lines.append(f"  within each {key[3:]} (out-of-fold accuracy vs chance):")
                 for value, r in per.items():
                     lo, hi = r["accuracy_ci95"]
@@ -534,3 +507,44 @@ def format_confounding(report: Mapping[str, Any]) -> str:
                         f"    {value}: n={r['n']} accuracy {r['accuracy']:.3f} ({lo:.3f}-{hi:.3f}) chance {r['chance']:.3f}"
                     )
     return "\n".join(lines)
+
+
+def confounding_sections(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report as `hfxray.report.write_html_report` ``extra_sections`` (tables and the verdict)."""
+    from hfxray.report import Table
+
+    sections: dict[str, Any] = {}
+    for col, t in report.get("tables", {}).items():
+        rows = [[name, *counts, sum(counts)] for name, counts in t["rows"].items()]
+        rows.append(["total", *t["totals"], t["n"]])
+        notes = []
+        if t.get("cramers_v") is not None:
+            notes.append(f"Cramér's V {t['cramers_v']:.2f} (0: independent of the class, 1: decides it).")
+        if t.get("single_class"):
+            notes.append(
+                "One class only: " + ", ".join(f"{k} ({c})" for k, c in t["single_class"].items()) + "."
+            )
+        sections[f"Class x {col}"] = Table([col, *t["columns"], "total"], rows, note=" ".join(notes))
+    b = report.get("baseline")
+    if b:
+        sections["Metadata-only baseline"] = (
+            f"{b['verdict']}\n\nClassifier: {b['classifier']}; cross-validation: {b['cv']}; "
+            f"films: {b['n']}. Strongest cues: "
+            + ", ".join(f"{k} ({v:.2f})" for k, v in b["top_features"].items())
+            + "."
+        )
+        rows: list[list[Any]] = [
+            ["all films", b["n"], (b["accuracy"], b["accuracy_ci95"]), b["chance"], b["balanced_accuracy"]]
+        ]
+        for key, per in b.items():
+            if key.startswith("by_") and isinstance(per, dict) and len(per) > 1:
+                rows += [
+                    [f"{key[3:]} = {v}", r["n"], (r["accuracy"], r["accuracy_ci95"]), r["chance"], None]
+                    for v, r in per.items()
+                ]
+        sections["Metadata-only baseline: out-of-fold accuracy"] = Table(
+            ["films", "n", "accuracy [95% CI]", "chance (majority share)", "balanced accuracy"],
+            rows,
+            note="High accuracy from file properties alone means the class can be read off the source.",
+        )
+    return sections
