@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_DATA_DIRS = (SHARED_DATA / "covid19-xray" / "train", SHARED_DATA / "cxr-multisource")
+# Non-chest medical images for the input gate (issue 10), beside the training data.
+NOT_CXR_DIR = SHARED_DATA / "not-cxr"
 
 # The bundled model's recipe on top of scripts/train.py's defaults (class x source balanced
 # sampling, shortcut-strong augmentation, EfficientNet-Lite0 at 224 px, head then all layers).
@@ -84,5 +86,26 @@ def finish_bundle(out: Path, data_dir: str | Path | Sequence[str | Path]) -> Pat
         result = audit.run_audit(out, val_dir, output_dir=Path(tmp) / "audit")
         result["data_dir"] = "the model's held-out validation split"  # not the temporary folder
         audit.write_audit_to_model(out, result)
+    fit_bundle_gate(out, data_dir)
     hub.write_model_card(out)
     return out
+
+
+def fit_bundle_gate(out: Path, chest_dirs: Sequence[str | Path], negative_dirs: Sequence[str | Path] | None = None) -> None:
+    """Input gate v2 (issue 10) from the model's own ONNX features: its training folders as chest films
+    (and as the reference for the unfamiliar-film warning) against ../shared/data/not-cxr and generated
+    negatives. Without negative images the training's gate v1 stays, with a warning in the log."""
+    from hfxray import gate, gate_fit
+
+    negatives = [Path(d) for d in (negative_dirs if negative_dirs is not None else [NOT_CXR_DIR])]
+    missing = [str(d) for d in negatives if not d.is_dir()]
+    if missing or not negatives:
+        logger.warning("input gate v2 not fitted: negative images missing (%s); gate v1 kept", ", ".join(missing))
+        return
+    stats = gate_fit.fit_gate_v2(out, chest_dirs, negatives)
+    gate.write_gate(out, stats)
+    worst = min(stats["held_out"].items(), key=lambda kv: kv[1]["share"])
+    logger.info(
+        "input gate v2: threshold %.3f, weakest held-out group %s (%s %.1f%%, n=%d)",
+        stats["chest"]["threshold"], worst[0], worst[1]["measure"], 100 * worst[1]["share"], worst[1]["n"],
+    )

@@ -351,6 +351,54 @@ def _section_audit(meta: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _section_gate(meta: dict[str, Any]) -> list[str]:
+    """The input gate: what is refused, what is answered with a warning, and its held-out numbers."""
+    gate = meta.get("gate") if isinstance(meta.get("gate"), dict) else {}
+    lines = ["## Input gate", ""]
+    if not gate:
+        return [*lines, f"Input gate statistics: {NOT_MEASURED}; only the size and colour checks run.", ""]
+    chest = gate.get("chest") if isinstance(gate.get("chest"), dict) else None
+    if chest is None:
+        return [
+            *lines,
+            f"Gate v1: one feature distance to the training images refuses above {_fmt(gate.get('threshold'))} "
+            "(99th percentile of validation distances). It also refuses many ordinary films from other "
+            "hospitals; refit with `scripts/fit_gate.py` for the two-question gate.",
+            "",
+        ]
+    familiarity = gate.get("familiarity") if isinstance(gate.get("familiarity"), dict) else {}
+    lines += [
+        "Two questions, two answers (hfxray `Predictor`, `predict.py`, `evaluate.py` and the Space alike):",
+        "",
+        f"- **Not a frontal chest radiograph -> refused**, no class: a logistic regression on the model's "
+        f"penultimate features and {len(chest.get('image_stats') or [])} image statistics, trained on "
+        f"{gate.get('n_chest', NOT_MEASURED)} chest films against {gate.get('n_negative', NOT_MEASURED)} "
+        f"other images (other body parts, CT, MRI, ultrasound, fundus, skin, histology, generated noise, "
+        f"text, photos, blank/gradient/checkerboard images); threshold {_fmt(chest.get('threshold'))} "
+        "chosen on held-out sources and kinds.",
+        f"- **Unlike the training films -> answered with a warning**: distance to the nearest training source "
+        f"({', '.join(familiarity.get('sources') or []) or NOT_MEASURED}) above "
+        f"{_fmt(familiarity.get('threshold'))}.",
+        "",
+    ]
+    held = gate.get("held_out") if isinstance(gate.get("held_out"), dict) else {}
+    if held:
+        lines += [
+            "Each group scored by a classifier fitted without it (threshold chosen on these scores; "
+            "`benchmarks/gate_holdout.py` holds the threshold out too). Wilson 95% intervals.",
+            "",
+            "| held-out group | n | decision | share |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {g} | {r.get('n')} | {r.get('measure')} | {_with_ci(r.get('share'), r.get('ci95'))} |"
+                for g, r in sorted(held.items())
+                if isinstance(r, dict)
+            ),
+            "",
+        ]
+    return lines
+
+
 def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
     """Model card generated from ``hfxray.json``; keys that are missing render as "not measured"."""
     model_dir = Path(model_dir)
@@ -382,6 +430,7 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
         *_section_metrics(meta, classes),
         *_section_calibration(meta),
         *_section_audit(meta),
+        *_section_gate(meta),
         "## Limitations and known biases",
         "",
         "- Every class x source cell of the training data is listed above. Where a class comes from one "
