@@ -113,6 +113,7 @@ class DataCheckReport:
     quarantine_dir: str | None = None
     data_dirs: list[str] = field(default_factory=list)
     confounding: dict[str, Any] | None = None  # `confounding.confounding_report`
+    metadata_problems: list[str] = field(default_factory=list)  # `metadata_problems`
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,6 +129,9 @@ class DataCheckReport:
         lines += [f"  {c}: {self.counts.get(c, 0)}" for c in self.classes]
         lines.append(f"{len(self.bad_files)} bad file(s)" + (":" if self.bad_files else ""))
         lines += [f"  {b.path}: {b.reason}" for b in self.bad_files]
+        if self.metadata_problems:
+            lines.append(f"{len(self.metadata_problems)} metadata problem(s):")
+            lines += [f"  {m}" for m in self.metadata_problems]
         if self.quarantine_dir:
             lines.append(f"Bad files moved to {self.quarantine_dir} (see {QUARANTINE_LOG})")
         lines += _format_groups("duplicate group(s) in the data folder", self.duplicates, self.data_dir)
@@ -155,6 +159,7 @@ class DataCheckReport:
             "Bad files": html_report.Table(["file", "reason"], [[b.path, b.reason] for b in self.bad_files])
             if self.bad_files
             else "No bad files.",
+            "metadata.csv": "\n\n".join(self.metadata_problems) or "No problems found.",
             "Duplicates": "\n\n".join(_format_groups("duplicate group(s)", self.duplicates, self.data_dir)),
         }
         if self.test_dir is not None:
@@ -188,6 +193,42 @@ def _list_image_files(folder: Path) -> list[Path]:
     )
 
 
+def metadata_problems(data_dir: str | os.PathLike) -> list[str]:
+    """One line per inconsistency between ``metadata.csv`` and the files beside it.
+
+    A row naming a missing file, several rows for one file (only one of them can describe it: the
+    others are films that were lost, e.g. overwritten under one name) and image files without a row
+    (they get the folder defaults, ``source`` = folder name) all make the provenance columns wrong
+    without any error at load time.
+    """
+    folder = Path(data_dir).expanduser().resolve()
+    table = folder / "metadata.csv"
+    if not table.is_file():
+        return []
+    with open(table, newline="", encoding="utf-8") as fh:
+        names = [(row.get("file_name") or "").strip() for row in csv.DictReader(fh)]
+    problems: list[str] = []
+    repeated = {n: k for n, k in Counter(names).items() if k > 1}
+    if repeated:
+        worst = max(repeated, key=repeated.__getitem__)
+        problems.append(
+            f"{table}: {sum(repeated.values()) - len(repeated)} extra row(s) repeat a file_name "
+            f"({len(repeated)} name(s), e.g. {worst} x{repeated[worst]}): films lost or listed twice"
+        )
+    listed = {(folder / n).resolve() for n in names if n}
+    missing = sorted(p for p in listed if not p.is_file())
+    if missing:
+        problems.append(f"{table}: {len(missing)} row(s) name files that do not exist (e.g. {missing[0]})")
+    unlisted = [p for p in _list_image_files(folder) if p.resolve() not in listed]
+    unlisted = [p for p in unlisted if p.parent.resolve().parent == folder]  # class folders only
+    if unlisted:
+        problems.append(
+            f"{table}: {len(unlisted)} image file(s) have no row (e.g. {unlisted[0].relative_to(folder)}); "
+            "they get the folder defaults"
+        )
+    return problems
+
+
 def check_folder(
     data_dir: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -219,6 +260,7 @@ def check_folder(
         duplicates=_groups_from_records(records, phash_distance),
         data_dirs=resolved,
     )
+    report.metadata_problems = [line for folder in resolved for line in metadata_problems(folder)]
     if confounding:
         from hfxray.data.confounding import confounding_report
 
