@@ -192,9 +192,9 @@ def startup(repo: Path, film: Path, tmp: Path, repeats: int) -> dict[str, Any]:
     env = env_for(repo)
     script = str(repo / "scripts" / "predict.py")
     helps, ones = [], []
-    for i in range(repeats):
+    for _ in range(repeats):
         helps.append(run([PYTHON, script, "--help"], env=env)["wall_s"])
-        out = tmp / f"one-{repo.name}-{i}.csv"
+        out = Path(tempfile.mkdtemp(dir=tmp)) / "one.csv"
         r = run([PYTHON, script, str(film), "--output", str(out)], env=env)
         if r["returncode"] != 0:
             raise RuntimeError(f"predict.py failed: {r.get('stderr_tail')}")

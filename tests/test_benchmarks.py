@@ -98,3 +98,25 @@ def test_quick_benchmark_writes_complete_results(shared_data, tmp_path):
     profile = r["batch"]["hfxray_default"]["profile"]
     assert all(_positive(profile[k]) for k in ("decode_ms", "prepare_ms", "model_ms", "ceiling_images_per_s"))
     assert any(line.startswith("| batch path profile |") for line in r["table"])
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_and_every_file_is_predicted_once(tmp_path):
+    """benchmarks/scale.py (archive part, small): one process and a SIGINT + --resume run."""
+    out = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "scale.py"), "--files", "60", "--modes", "single,resume",
+         "--old_commit", "", "--output", str(out)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    archive = json.loads(out.read_text())["archive"]
+    assert archive["files"] == 60
+    for part in ("one_process", "kill_and_resume"):
+        assert archive[part]["every_file_exactly_once"], archive[part]
+    assert _positive(archive["one_process"]["images_per_s"])
+    assert _positive(archive["one_process"]["rss"]["max_peak_rss_mib_per_predict_process"])
+    assert archive["kill_and_resume"]["output_existed_after_sigint"] is False
