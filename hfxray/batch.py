@@ -242,11 +242,11 @@ def predict_to_csv(
     context = context or ProcessContext()
     index, count = shard
     target = shard_output(output, index, count)
-    if context.is_main:
-        check_output(target, resume=resume, overwrite=overwrite)
-        if overwrite:
-            for stale in existing_parts(target):
-                stale.unlink()
+    # every process checks (read-only), so that all stop alike instead of waiting at the barrier
+    check_output(target, resume=resume, overwrite=overwrite)
+    if context.is_main and overwrite:
+        for stale in existing_parts(target):
+            stale.unlink()
     context.wait()  # the checks (and removals) happen before anyone writes
 
     part = part_path(target, context.rank, context.world)
@@ -262,6 +262,8 @@ def predict_to_csv(
         for name, source in stream:
             if name in done:
                 summary.n_skipped_done += 1
+                if progress is not None:  # the bar counts the share, finished earlier or now
+                    progress(1)
                 continue
             yield name, source
 
@@ -284,6 +286,12 @@ def predict_to_csv(
             p.unlink()
     context.wait()
     return summary
+
+
+def share_size(n: int, shard: tuple[int, int], context: ProcessContext) -> int:
+    """How many of ``n`` listed files this process predicts (its shard, then its process share)."""
+    in_shard = len(range(n)[shard_bounds(n, *shard)])
+    return len(range(in_shard)[shard_bounds(in_shard, context.rank, context.world)])
 
 
 def merge_shards(

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(
                 f"no supported image files found in {', '.join(extra.paths)} ({skipped} other files skipped)"
             )
-        total = len(inputs)
+        total = batch.share_size(len(inputs), (args.shard_index, args.num_shards), context)
     try:
         predictor = Predictor.from_pretrained(
             args.model, backend=args.backend, num_threads=context.num_threads(physical_cores())
