@@ -584,10 +584,14 @@ def choose_threshold(
     candidates = np.unique(np.concatenate([[0.5], scores, np.nextafter(scores, 1.0)]))
     candidates = candidates[(candidates > 1e-6) & (candidates < 1 - 1e-6)]
     groups = [g for g in np.unique(group) if (group == g).sum() >= min_group_n] or list(np.unique(group))
-    masks = [group == g for g in groups]
-    worst = np.array([
-        min(group_correct(scores[m], blocked[m], label[m], t).mean() for m in masks) for t in candidates
-    ])
+    worst = np.ones(len(candidates))
+    for g in groups:
+        m = group == g
+        # accepted at threshold t: not blocked and score >= t (counted by binary search, all t at once)
+        open_scores = np.sort(scores[m & ~blocked])
+        accepted = (len(open_scores) - np.searchsorted(open_scores, candidates, side="left")) / m.sum()
+        correct = accepted if label[m][0] == 1 else 1.0 - accepted
+        worst = np.minimum(worst, correct)
     best = candidates[np.isclose(worst, worst.max())]
     logit = np.log(best / (1 - best))
     return float(1.0 / (1.0 + np.exp(-(logit.min() + logit.max()) / 2.0)))
