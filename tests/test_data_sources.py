@@ -146,3 +146,19 @@ def test_balance_weights_share_classes_and_sources(corpus_ds) -> None:
     assert np.allclose(uniform, 1 / len(corpus_ds))
     with pytest.raises(ValueError, match="unknown balance"):
         data.balance_weights(corpus_ds, strategy="magic")
+
+
+def test_a_single_class_folder_joins_others(corpus: Path, shared_data: Path, tmp_path: Path) -> None:
+    normals = tmp_path / "other-hospital"
+    (normals / "Normal").mkdir(parents=True)
+    for film in _films(shared_data, "Normal", 3, skip=50):
+        shutil.copy(film, normals / "Normal" / film.name)
+    ds, _ = data.load_image_folder([corpus, normals], image_size=64)
+    assert Counter(ds["source"])["other-hospital"] == 3
+    with pytest.raises(ValueError, match="only one class"):
+        data.load_image_folder(normals, image_size=64)  # alone it cannot train anything
+    more = tmp_path / "third-hospital" / "Normal"
+    more.mkdir(parents=True)
+    shutil.copy(next(iter(_films(shared_data, "Normal", 1, skip=60))), more)
+    with pytest.raises(ValueError, match="only one class"):  # two folders, still one class in all
+        data.load_image_folder([normals, more.parent], image_size=64)

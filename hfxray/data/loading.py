@@ -55,7 +55,7 @@ class _FolderScan:
     n_imagefolder: int  # files that imagefolder itself lists
 
 
-def _scan_folder(data_dir: Path) -> _FolderScan:
+def _scan_folder(data_dir: Path, min_classes: int = 2) -> _FolderScan:
     """Check the ``DATA_DIR/<class>/<file>`` layout before `imagefolder` sees it.
 
     `imagefolder` would silently drop the labels of a flat folder, label nested files by their
@@ -78,7 +78,7 @@ def _scan_folder(data_dir: Path) -> _FolderScan:
             f"{len(top_images)} image file(s) directly in {data_dir} (e.g. {top_images[0]}), "
             f"not inside a class folder ({layout})"
         )
-    if len(class_dirs) < 2:
+    if len(class_dirs) < min_classes:
         raise ValueError(f"only one class folder ({class_dirs[0].name}) in {data_dir}; need at least two")
 
     dicom: list[tuple[str, str]] = []
@@ -248,8 +248,13 @@ def load_image_folder(
     resolved = [Path(d).expanduser().resolve() for d in dirs]
     if len(set(resolved)) != len(resolved):
         raise ValueError("the same data folder was given twice")
-    loaded = [_load_one_folder(d, image_size=image_size, num_proc=num_proc) for d in resolved]
+    # With several folders, one may hold a single class (an external archive of normal films);
+    # the union must still have two.
+    min_classes = 2 if len(resolved) == 1 else 1
+    loaded = [_load_one_folder(d, image_size=image_size, num_proc=num_proc, min_classes=min_classes) for d in resolved]
     classes = sorted({c for ds, _ in loaded for c in ds.features["label"].names})
+    if len(classes) < 2:
+        raise ValueError(f"only one class ({classes[0]}) in {', '.join(map(str, resolved))}; need at least two")
     parts = []
     bad_files: list[BadFile] = []
     for ds, bad in loaded:
@@ -269,7 +274,9 @@ def _relabel(batch: dict[str, list], mapping: list[int]) -> dict[str, list]:
     return {"label": [mapping[v] for v in batch["label"]]}
 
 
-def _load_one_folder(data_dir: Path, *, image_size: int, num_proc: int | None) -> tuple[Any, list[BadFile]]:
+def _load_one_folder(
+    data_dir: Path, *, image_size: int, num_proc: int | None, min_classes: int = 2
+) -> tuple[Any, list[BadFile]]:
     """One folder: `imagefolder` lists the files, one cached `.map` decodes each file once.
 
     The image column is cast to ``Image(decode=False)`` so that a corrupt file cannot crash loading;
@@ -287,7 +294,7 @@ def _load_one_folder(data_dir: Path, *, image_size: int, num_proc: int | None) -
 
     from hfxray import __version__
 
-    scan = _scan_folder(data_dir)
+    scan = _scan_folder(data_dir, min_classes=min_classes)
     metadata = _read_metadata(data_dir)
     features = datasets.Features(
         {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=scan.classes)}
