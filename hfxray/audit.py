@@ -579,15 +579,9 @@ def audit_summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_audit_to_model(model_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Store the summary under ``audit`` in hfxray.json (atomic replace) and refresh the model card."""
-    model_dir = Path(model_dir)
-    path = model_dir / "hfxray.json"
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    meta["audit"] = audit_summary(result)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    from hfxray.hub import write_model_card
+    from hfxray.hub import update_metadata, write_model_card
 
+    path = update_metadata(model_dir, audit=audit_summary(result))
     write_model_card(model_dir)
     return path
 

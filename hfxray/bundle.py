@@ -8,6 +8,7 @@ both backends agree.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_DATA_DIRS = (SHARED_DATA / "covid19-xray" / "train", SHARED_DATA / "cxr-multisource")
+LOSO_RESULTS = ROOT / "benchmarks" / "loso_results.json"
 # Non-chest medical images for the input gate (issue 10), beside the training data.
 NOT_CXR_DIR = SHARED_DATA / "not-cxr"
 
@@ -87,8 +89,28 @@ def finish_bundle(out: Path, data_dir: str | Path | Sequence[str | Path]) -> Pat
         result["data_dir"] = "the model's held-out validation split"  # not the temporary folder
         audit.write_audit_to_model(out, result)
     fit_bundle_gate(out, data_dir)
+    attach_leave_one_source_out(out)
     hub.write_model_card(out)
     return out
+
+
+def attach_leave_one_source_out(out: Path, results: Path = LOSO_RESULTS) -> int:
+    """Copy the held-out-source rows of this recipe (`benchmarks/loso.py`) into hfxray.json for the card.
+
+    Only fine-tuned rows trained with exactly `RECIPE_ARGS` count: the table describes a recipe, and a
+    model made with other flags must not borrow it. Returns how many rows were attached.
+    """
+    from hfxray import hub
+
+    if not results.is_file():
+        return 0
+    rows = [
+        {k: r[k] for k in r if k not in ("per_class", "recipe")}
+        for r in json.loads(results.read_text())["rows"]
+        if r.get("mode") == "finetune" and tuple(r.get("recipe") or ()) == RECIPE_ARGS
+    ]
+    hub.update_metadata(out, leave_one_source_out=sorted(rows, key=lambda r: (r["source"], r["seed"])))
+    return len(rows)
 
 
 def fit_bundle_gate(out: Path, chest_dirs: Sequence[str | Path], negative_dirs: Sequence[str | Path] | None = None) -> None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,18 +298,9 @@ class SourceDistance:
 
 def write_gate(model_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
     """Store ``stats`` under ``gate`` in ``model_dir/hfxray.json`` (other keys kept; atomic replace)."""
-    path = Path(model_dir) / METADATA_FILENAME
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    meta["gate"] = stats
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hfxray-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from hfxray.hub import update_metadata  # fitting-time only: the runtime check never writes
+
+    return update_metadata(model_dir, gate=stats)
 
 
 def read_gate(model_dir: str | os.PathLike) -> dict[str, Any] | None:

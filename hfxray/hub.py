@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,22 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
+
+
+def update_metadata(model_dir: str | os.PathLike, **values: Any) -> Path:
+    """Set top-level keys of ``hfxray.json`` (others kept), atomically: a crash leaves the old file."""
+    path = Path(model_dir) / METADATA_FILE
+    meta = read_metadata(model_dir)
+    meta.update(values)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _num(value: Any) -> float | None:

@@ -73,3 +73,22 @@ def test_probe_mode_writes_one_row_per_choice_and_the_doc(two_source_corpus: Pat
     text = doc.read_text()
     assert text.startswith("# LOSO\n\nkept text\n") and loso.BEGIN_MARK in text and loso.END_MARK in text
     assert text.count("| probe |") == len(loso.PROBE_CHOICES)
+
+
+def test_only_rows_of_the_bundled_recipe_reach_the_model(tmp_path: Path) -> None:
+    from hfxray.bundle import RECIPE_ARGS, attach_leave_one_source_out
+    from hfxray.hub import read_metadata
+
+    (tmp_path / "hfxray.json").write_text(json.dumps({"classes": CLASSES}))
+    base = {"mode": "finetune", "choice": "x", "seed": 42, "n": 10, "accuracy": 0.5, "per_class": {}}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"rows": [
+        {**base, "source": "b", "recipe": list(RECIPE_ARGS)},
+        {**base, "source": "a", "recipe": list(RECIPE_ARGS)},
+        {**base, "source": "c", "recipe": [*RECIPE_ARGS, "--num_train_epochs", "9"]},
+        {**base, "source": "d", "mode": "probe", "recipe": list(RECIPE_ARGS)},
+    ]}))
+    assert attach_leave_one_source_out(tmp_path, results) == 2
+    meta = read_metadata(tmp_path)
+    assert [r["source"] for r in meta["leave_one_source_out"]] == ["a", "b"]
+    assert "per_class" not in meta["leave_one_source_out"][0] and meta["classes"] == CLASSES
