@@ -305,6 +305,9 @@ def archive_runs(films: list[Path], n: int, tmp: Path, modes: list[str]) -> dict
         _, err = proc.communicate()
         first_wall = time.perf_counter() - start
         output_after_sigint = csv4.exists()
+        if not part.is_file():  # it ended before the signal (or failed): say so instead of crashing
+            return {**out, "kill_and_resume": {"error": f"no part file after SIGINT (exit {proc.returncode})",
+                                                "stderr_tail": err[-1500:]}}  # fmt: skip
         with part.open(newline="", encoding="utf-8") as f:
             rows_before = sum(1 for _ in csv.DictReader(f))
         resumed = run([*cmd, "--resume"], env=env)
