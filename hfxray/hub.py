@@ -308,9 +308,12 @@ def _section_sources(meta: dict[str, Any]) -> list[str]:
             "| --- | --- | --- | --- | --- |",
             *(
                 f"| {r.get('source')} (seed {r.get('seed')}) | {r.get('n')} | "
-                f"{_with_ci(r.get('accuracy'), r.get('accuracy_ci95'))} | "
-                f"{_with_ci(r.get('covid_sensitivity'), r.get('covid_sensitivity_ci95'))} | "
-                f"{_with_ci(r.get('covid_specificity'), r.get('covid_specificity_ci95'))} |"
+                + " | ".join(
+                    # "-": the source has no films of that kind (not a missing measurement)
+                    _with_ci(r[key], r.get(f"{key}_ci95")) if r.get(key) is not None else "-"
+                    for key in ("accuracy", "covid_sensitivity", "covid_specificity")
+                )
+                + " |"
                 for r in loso if isinstance(r, dict)
             ),
             "",
