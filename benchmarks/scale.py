@@ -152,6 +152,10 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None =
     return result
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def env_for(pythonpath: Path) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(pythonpath), "TQDM_DISABLE": "1"}
 
@@ -294,7 +298,10 @@ def archive_runs(films: list[Path], n: int, tmp: Path, modes: list[str]) -> dict
         part = Path(str(csv4) + ".part")
         cmd = [PYTHON, str(PREDICT), str(folder), "--output", str(csv4)]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # SIG_DFL in the child: a shell's background job ignores SIGINT, and Python then never raises
+        # KeyboardInterrupt (the run would finish despite the signal)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)  # fmt: skip
         while proc.poll() is None:
             if part.is_file() and part.stat().st_size > 0:
                 with part.open("rb") as f:

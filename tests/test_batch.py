@@ -153,7 +153,14 @@ def test_ctrl_c_in_the_script_leaves_a_valid_part_then_resume_completes(shared_d
     output = tmp_path / "predictions.csv"
     part = batch.part_path(output)
     args = [sys.executable, str(PREDICT), str(tmp_path / "archive"), "--output", str(output)]
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(  # SIG_DFL: under a background shell job SIGINT would be ignored
+        args,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
