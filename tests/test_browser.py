@@ -5,6 +5,7 @@ internet): no analytics, no web fonts, no CDN.
 """
 
 import re
+import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -109,10 +110,13 @@ def test_upload_a_photo_shows_the_warning(page_and_requests, tmp_path):
 
 
 @pytest.mark.parametrize("path", [KNEE, CT], ids=["knee-radiograph", "ct-slice"])
-def test_other_medical_images_are_refused(page_and_requests, path):
-    """A knee film and a CT slice (kept out of the gate's fit): refused, no class, the reason shown."""
+def test_other_medical_images_are_refused(page_and_requests, path, tmp_path):
+    """A knee film and a CT slice (out of the small test gate's fit; the bundled gate saw every not-cxr
+    image, docs/gate.md has its held-out numbers): refused, no class, the reason shown."""
     page, _ = page_and_requests
-    _upload_and_analyse(page, path)
+    upload = tmp_path / f"{path.parent.name}{path.suffix}"  # the upload box shortens long file names
+    shutil.copyfile(path, upload)
+    _upload_and_analyse(page, upload)
     result = page.locator("#single-result")
     expect(result).to_contain_text(REFUSED_TEXT, timeout=120_000)
     expect(result).to_contain_text("not a frontal chest radiograph (chest-film score")
@@ -126,7 +130,7 @@ def test_other_medical_images_are_refused(page_and_requests, path):
 
 
 def test_adult_film_from_another_hospital_gets_probabilities(page_and_requests):
-    """An adult film from a Spanish hospital (cxr-multisource, not in the gate's fit): answered."""
+    """An adult film from a Spanish hospital (cxr-multisource): answered, with probabilities."""
     page, _ = page_and_requests
     _upload_and_analyse(page, ADULT_FILM)
     result = page.locator("#single-result")
