@@ -83,6 +83,7 @@ def _full_meta() -> dict:
                 for c, n in zip(CLASSES, (23, 14, 14), strict=True)
             },
         },
+        "gate": {"method": "feature-distance", "threshold": 1.41},
         "audit": {
             "shortcut_risk": "high",
             "reasons": ["border-only accuracy 0.81 [0.72, 0.88] is far above chance 0.44"],
