@@ -540,8 +540,14 @@ def held_out_scores(
 
     cv = LeaveOneGroupOut() if n_splits is None else GroupKFold(n_splits=n_splits)
     weights = _column_weights(data.features.shape[1], len(stat_names), feature_weight)
+    groups = data.group.astype(object)  # object: the pseudo-group names are longer than the str dtype holds
+    chest = data.label == 1
+    if len(np.unique(groups[chest])) == 1:
+        # One chest source only (a single training folder): holding it out would leave no chest film
+        # to fit on, so its films are held out a fifth at a time instead.
+        groups[chest] = [f"{g}#{i % 5}" for i, g in enumerate(groups[chest])]
     return cross_val_predict(
-        make_classifier(C, weights), _inputs(data, stat_names), data.label, groups=data.group, cv=cv,
+        make_classifier(C, weights), _inputs(data, stat_names), data.label, groups=groups, cv=cv,
         method="predict_proba",
     )[:, 1]
 
