@@ -22,7 +22,6 @@ otherwise the folder is one source; a negative folder is split by its first-leve
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import logging
@@ -316,18 +315,6 @@ class GateItem:
     reference: bool = False  # a training film of the model: used for the familiarity statistics
 
 
-def _metadata_sources(folder: Path) -> dict[str, str]:
-    path = folder / "metadata.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {row["file_name"]: row.get("source") or "" for row in csv.DictReader(f) if row.get("file_name")}
-
-
-def _folder_name(folder: Path) -> str:
-    return f"{folder.parent.name}/{folder.name}" if folder.name in ("train", "test", "validation") else folder.name
-
-
 def chest_items(folder: str | os.PathLike, *, reference: bool = True) -> list[GateItem]:
     """Every image under ``folder`` as a chest film, grouped by ``metadata.csv`` source (else the folder)."""
     from hfxray.images import is_supported_path
@@ -335,11 +322,14 @@ def chest_items(folder: str | os.PathLike, *, reference: bool = True) -> list[Ga
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"chest folder not found: {root}")
-    sources = _metadata_sources(root)
+    # The training loader's reader and naming: gate groups are the sources training and evaluation report.
+    from hfxray.data.loading import default_source_name, read_metadata_table
+
+    sources = read_metadata_table(root) or {}
     items = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and is_supported_path(p)):
         rel = path.relative_to(root).as_posix()
-        source = sources.get(rel) or _folder_name(root)
+        source = sources.get(str(path.resolve()), {}).get("source") or default_source_name(root)
         items.append(GateItem(str(path), rel, 1, f"chest:{source}", reference))
     if not items:
         raise ValueError(f"no images in chest folder {root}")

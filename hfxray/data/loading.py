@@ -180,7 +180,7 @@ def source_licences(data_dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def _read_metadata(data_dir: Path) -> dict[str, dict[str, str]] | None:
+def read_metadata_table(data_dir: Path) -> dict[str, dict[str, str]] | None:
     """``metadata.csv`` rows keyed by the absolute file path, through `datasets` (imagefolder convention).
 
     Read with the ``csv`` builder rather than imagefolder itself: imagefolder with metadata drops the
@@ -283,7 +283,7 @@ def _load_one_folder(
     one `.map` decodes each file with `load_image` and is cached by `datasets` fingerprinting.
     `imagefolder` does not know ``.dcm``, so DICOM files found in the class folders are appended
     with `Dataset.from_dict` + `concatenate_datasets` (same features). Metadata columns are joined
-    in the same `.map` from ``metadata.csv`` (read by `_read_metadata`).
+    in the same `.map` from ``metadata.csv`` (read by `read_metadata_table`).
 
     ``num_proc=None`` decodes in this process. Measured on the 2-core box with the 251 shared
     radiographs (JPEG draft decoding keeps most files cheap, ~40 ms each): one process 8-12 s,
@@ -295,7 +295,7 @@ def _load_one_folder(
     from hfxray import __version__
 
     scan = _scan_folder(data_dir, min_classes=min_classes)
-    metadata = _read_metadata(data_dir)
+    metadata = read_metadata_table(data_dir)
     features = datasets.Features(
         {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=scan.classes)}
     )
