@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -71,11 +70,11 @@ def finish_bundle(out: Path, data_dir: str | Path | Sequence[str | Path]) -> Pat
     """fp16 weights, an ONNX export verified on real radiographs, the shortcut audit on the
     held-out validation split, and the model card."""
     from hfxray import audit, hub, onnx_export
+    from hfxray.data import data_root as common_root
     from hfxray.data import load_image_folder
 
-    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    data_dir = [str(Path(d).expanduser().resolve()) for d in dirs]
-    data_root = data_dir[0] if len(data_dir) == 1 else os.path.commonpath(data_dir)  # as training.DataArguments
+    data_dir = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+    data_root = common_root(data_dir)
 
     size = weights_to_fp16(out)
     logger.info("weights stored in fp16: %.1f MB", size / 1e6)

@@ -107,8 +107,7 @@ class DataArguments:
     @property
     def data_root(self) -> str:
         """The folder that paths in hfxray.json are relative to (the common parent of several)."""
-        dirs = [str(Path(d).expanduser().resolve()) for d in self.data_dir]
-        return dirs[0] if len(dirs) == 1 else os.path.commonpath(dirs)
+        return data.data_root(self.data_dir)
 
 
 @dataclass

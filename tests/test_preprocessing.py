@@ -31,20 +31,21 @@ def _films(shared_data: Path, tmp_path: Path) -> list[Image.Image]:
     return films
 
 
-@pytest.mark.parametrize(
-    "processor",
-    [
-        "bundled",
-        ViTImageProcessorPil(
-            size={"height": 192, "width": 192},
-            resample=Image.Resampling.BICUBIC,
-            image_mean=[0.485, 0.456, 0.406],
-            image_std=[0.229, 0.224, 0.225],
-        ),
-        ViTImageProcessorPil(size={"height": 224, "width": 224}, do_normalize=False),
-    ],
-    ids=["bundled", "imagenet-bicubic-192", "rescale-only"],
-)
+# The bundled processor, a bicubic ImageNet one at another size, and one that only rescales.
+PROCESSORS = [
+    "bundled",
+    ViTImageProcessorPil(
+        size={"height": 192, "width": 192},
+        resample=Image.Resampling.BICUBIC,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ),
+    ViTImageProcessorPil(size={"height": 224, "width": 224}, do_normalize=False),
+]
+PROCESSOR_IDS = ["bundled", "imagenet-bicubic-192", "rescale-only"]
+
+
+@pytest.mark.parametrize("processor", PROCESSORS, ids=PROCESSOR_IDS)
 def test_bit_identical_to_the_processor(processor, bundled_model_dir, shared_data, tmp_path):
     if processor == "bundled":
         processor = load_processor(bundled_model_dir)
@@ -74,20 +75,7 @@ def test_wrong_input_is_refused(bundled_model_dir):
         fast.to_array(Image.new("RGB", (100, 100)))
 
 
-@pytest.mark.parametrize(
-    "processor",
-    [
-        "bundled",
-        ViTImageProcessorPil(
-            size={"height": 192, "width": 192},
-            resample=Image.Resampling.BICUBIC,
-            image_mean=[0.485, 0.456, 0.406],
-            image_std=[0.229, 0.224, 0.225],
-        ),
-        ViTImageProcessorPil(size={"height": 224, "width": 224}, do_normalize=False),
-    ],
-    ids=["bundled", "imagenet-bicubic-192", "rescale-only"],
-)
+@pytest.mark.parametrize("processor", PROCESSORS, ids=PROCESSOR_IDS)
 def test_from_config_json_equals_the_processor(processor, bundled_model_dir, tmp_path):
     """The lean path (no transformers) rebuilds the same table from preprocessor_config.json alone."""
     if processor == "bundled":

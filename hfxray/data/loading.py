@@ -149,6 +149,12 @@ UNKNOWN = "unknown"
 _SPLIT_FOLDER_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "eval"}
 
 
+def data_root(data_dirs: Sequence[str | os.PathLike]) -> str:
+    """The folder that hfxray.json paths are relative to: the one folder, or the common parent of several."""
+    dirs = [str(Path(d).expanduser().resolve()) for d in data_dirs]
+    return dirs[0] if len(dirs) == 1 else os.path.commonpath(dirs)
+
+
 def default_source_name(data_dir: str | os.PathLike) -> str:
     """The ``source`` of a folder without metadata: its name, or its parent's for ``.../train`` and alike."""
     path = Path(data_dir).expanduser().resolve()
