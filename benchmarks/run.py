@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks: hfxray against what a user would pick instead, side by side on one machine.
 
-    HF_HUB_OFFLINE=1 python benchmarks/run.py [--quick] [--model DIR] [--output PATH]
+    HF_HUB_OFFLINE=1 python benchmarks/run.py [--quick] [--model DIR] [--output PATH] [--fastai_python PY]
 
 Compares (each side in its own process, so peak memory is its own):
   * single-image latency, file -> probabilities, on a 1024 px PNG made from a real radiograph;
@@ -9,7 +9,9 @@ Compares (each side in its own process, so peak memory is its own):
   * training wall time and validation accuracy (scripts/train.py defaults vs fastai fine_tune);
   * peak RSS, measured fp32 matmul GFLOP/s, model FLOPs and the share of the matmul limit reached.
 The contenders are hfxray (ONNX Runtime default, PyTorch), a plain ``transformers`` pipeline, and the
-original recipe: fastai ``vision_learner(resnet50)`` (skipped, and said so, when fastai is missing).
+original recipe: fastai ``vision_learner(resnet50)`` (skipped, and said so, when fastai is missing), run
+by ``--fastai_python`` (default: this interpreter; ``make bench`` uses its own ``.venv-bench``, so the
+project venv's exact packages stay as they are).
 Shared machines are noisy, so the ratios are the headline, not the absolute numbers.
 ``--quick`` (CI) uses a few iterations and tiny subsets. Research software, not a diagnostic device.
 """
@@ -221,8 +223,10 @@ def machine_info() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_side(side: str, spec: dict[str, Any], work: Path, timeout_s: int) -> dict[str, Any]:
-    """Run one side in a fresh interpreter; its failure becomes an ``error`` entry, not a crash."""
+def run_side(
+    side: str, spec: dict[str, Any], work: Path, timeout_s: int, python: str = sys.executable
+) -> dict[str, Any]:
+    """Run one side in a fresh ``python``; its failure becomes an ``error`` entry, not a crash."""
     spec_path, result_path = work / f"{side}.spec.json", work / f"{side}.result.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
@@ -230,7 +234,7 @@ def run_side(side: str, spec: dict[str, Any], work: Path, timeout_s: int) -> dic
     print(f"  running {side} ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(
-            [sys.executable, str(SIDES_SCRIPT), side, str(spec_path), str(result_path)],
+            [python, str(SIDES_SCRIPT), side, str(spec_path), str(result_path)],
             capture_output=True, text=True, env=env, timeout=timeout_s, cwd=REPO_ROOT,
         )
     except subprocess.TimeoutExpired:
@@ -291,7 +295,7 @@ def summarise(results: dict[str, Any]) -> None:
         if ratios[key] is not None:
             headline.append(f"hfxray is {_times(ratios[key])} than the fastai recipe: {what}")
     if not results["fastai_available"]:
-        headline.append("fastai not installed: skipped (pip install -e '.[bench]')")
+        headline.append("fastai not installed: skipped (make bench-venv; --fastai_python .venv-bench/bin/python)")
     for key, what in (
         ("latency_p50_pipeline_over_hfxray", "single-image latency (p50)"),
         ("batch_hfxray_over_pipeline", "batch throughput"),
@@ -379,8 +383,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR, help="Folder of class sub-folders.")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Where results.json goes.")
     p.add_argument("--no_fastai", action="store_true", help="Skip the fastai sides even if fastai is installed.")
+    p.add_argument("--fastai_python", default=sys.executable,
+                   help="Interpreter with fastai for the fastai sides (e.g. .venv-bench/bin/python).")  # fmt: skip
     p.add_argument("--no_training", action="store_true", help="Skip the training comparison.")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if os.sep in args.fastai_python:  # the sides run in REPO_ROOT: a relative path must keep its meaning
+        args.fastai_python = os.path.abspath(args.fastai_python)  # abspath, not resolve: keep the venv's link
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     if not data_dir.is_dir():
         print(f"error: data directory not found: {data_dir}", file=sys.stderr)
         return 1
-    fastai_available = importlib.util.find_spec("fastai") is not None and not args.no_fastai
+    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('fastai') is None)"
+    fastai_available = not args.no_fastai and subprocess.run([args.fastai_python, "-c", probe]).returncode == 0
     fastai_skip = {"skipped": "fastai not installed: skipped" if not args.no_fastai else "skipped (--no_fastai)"}
     started = time.perf_counter()
 
@@ -432,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                 "iterations": dataclasses.asdict(mode),
             },
             "fastai_available": fastai_available,
+            "fastai_python": args.fastai_python,
             "system": matmul_gflops(mode.matmul_reps),
             "latency": {},
             "batch": {},
@@ -446,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             if side == "fastai" and not fastai_available:
                 results["latency"][side] = results["batch"][side] = dict(fastai_skip)
                 continue
-            out = run_side(side, spec, work, mode.side_timeout_s)
+            python = args.fastai_python if side == "fastai" else sys.executable
+            out = run_side(side, spec, work, mode.side_timeout_s, python)
             if "error" in out:
                 results["latency"][side] = results["batch"][side] = out
                 continue
@@ -463,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                           "hfxray_train_args": hfxray_train_args}
             results["training"]["hfxray"] = run_side("train_hfxray", train_spec, work, mode.side_timeout_s)
             if fastai_available:
-                out = run_side("train_fastai", train_spec, work, mode.side_timeout_s)
+                out = run_side("train_fastai", train_spec, work, mode.side_timeout_s, args.fastai_python)
                 if "process_wall_s" in out:  # what a user waits for, imports included, as for train.py
                     out["train_wall_s"] = out["process_wall_s"]
                 results["training"]["fastai"] = out
