@@ -2,13 +2,18 @@
 """Leave-one-source-out: train without a source, then test on it (issue 9, requirement 4).
 
     HF_HUB_OFFLINE=1 python benchmarks/loso.py [--mode finetune|probe] [--holdout bimcv rsna-nih ...]
-                                               [--seeds 42 43] [--choice NAME] [--quick]
+                                               [--seeds 42 43] [--choice NAME] [--together]
 
 The in-source validation split says how well a model recognises films like its training films; a
 doctor's films come from somewhere else. For each held-out source this trains on every *other*
 source and reports what the model calls the held-out films: accuracy, the share of a Covid
 source's films called Covid (sensitivity), the share of a normal source's films called not Covid
 (specificity), with Wilson 95 % intervals and n.
+
+``--together`` holds every ``--holdout`` source out in one fold instead: with the minor sources
+held out together and the dominant archives (bimcv, rsna-nih, kermany) kept, the fold is shaped
+like the bundled model meeting new hospitals, which one-source folds of a dominant archive (that
+leave a class with a dozen adult films) are not.
 
 Two modes:
 - ``finetune`` (the headline): the library's own command, ``scripts/train.py --exclude_sources S``
@@ -62,6 +67,7 @@ PROBE_CHOICES: dict[str, dict[str, Any]] = {
     "class_source p=0": {"strategy": "class_source", "source_power": 0.0},
     "class_source p=0.5": {"strategy": "class_source", "source_power": 0.5},
     "class_source p=1": {"strategy": "class_source", "source_power": 1.0},
+    "class_source_population p=0.5": {"strategy": "class_source_population", "source_power": 0.5},
 }
 
 
@@ -108,11 +114,11 @@ def eligible_sources(ds: Any, min_films: int = MIN_FILMS) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # fine-tuning folds
 # --------------------------------------------------------------------------------------------
-def train_fold(data_dirs: Sequence[str], source: str, seed: int, out_dir: Path, extra: Sequence[str]) -> float:
-    """``scripts/train.py --exclude_sources SOURCE`` (the library's own command); returns wall seconds."""
+def train_fold(data_dirs: Sequence[str], sources: Sequence[str], seed: int, out_dir: Path, extra: Sequence[str]) -> float:
+    """``scripts/train.py --exclude_sources SOURCE...`` (the library's own command); returns wall seconds."""
     cmd = [
         sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--data_dir", *data_dirs,
-        "--exclude_sources", source, "--output_dir", str(out_dir), "--overwrite_output_dir", "true",
+        "--exclude_sources", *sources, "--output_dir", str(out_dir), "--overwrite_output_dir", "true",
         "--seed", str(seed), "--fit_input_gate", "false", *RECIPE_ARGS, *extra,
     ]
     started = time.perf_counter()
@@ -128,26 +134,29 @@ def predict_cached(model_dir: Path, images: Sequence[Any]) -> np.ndarray:
 
 
 def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
-    sources = list(ds["source"])
-    for source in args.holdout:
-        rows = [i for i, s in enumerate(sources) if s == source]
-        held = ds.select(rows)
+    """One fold per held-out source, or (``--together``) one fold holding all of them out at once."""
+    sources = np.asarray(ds["source"])
+    folds = [list(args.holdout)] if args.together else [[s] for s in args.holdout]
+    for fold in folds:
+        name = "+".join(fold)
         for seed in args.seeds:
-            out_dir = Path(args.output_dir) / args.choice / f"{source}-seed{seed}"
+            out_dir = Path(args.output_dir) / args.choice / f"{name}-seed{seed}"
             if args.reuse and (out_dir / "hfxray.json").exists():
                 seconds = json.loads((out_dir / "hfxray.json").read_text()).get("train_seconds", float("nan"))
             else:
-                seconds = train_fold(args.data_dir, source, seed, out_dir, args.train_args)
-            probs = predict_cached(out_dir, held["image"])
-            report = holdout_report(np.asarray(held["label"]), probs.argmax(axis=1), classes)
+                seconds = train_fold(args.data_dir, fold, seed, out_dir, args.train_args)
             meta = json.loads((out_dir / "hfxray.json").read_text())
-            report.update(
-                mode="finetune", choice=args.choice, source=source, seed=seed, train_seconds=round(seconds, 1),
-                in_source_validation_accuracy=meta["validation"]["accuracy"],
-                recipe=[*RECIPE_ARGS, *args.train_args],
-            )
-            save_row(report, args.results)
-            print(format_row(report), flush=True)
+            for source in fold:
+                held = ds.select(np.flatnonzero(sources == source).tolist())
+                probs = predict_cached(out_dir, held["image"])
+                report = holdout_report(np.asarray(held["label"]), probs.argmax(axis=1), classes)
+                report.update(
+                    mode="finetune", choice=args.choice, source=source, fold=name, seed=seed,
+                    train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
+                    recipe=[*RECIPE_ARGS, *args.train_args],
+                )
+                save_row(report, args.results)
+                print(format_row(report), flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,14 +216,21 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 def save_row(row: dict[str, Any], path: Path) -> None:
     """Merge one fold's row into the results file (atomic), replacing an older run of the same fold."""
-    key = (row["mode"], row["choice"], row["source"], row["seed"])
-    rows = [r for r in load_rows(path) if (r["mode"], r["choice"], r["source"], r["seed"]) != key]
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["mode"], r["choice"], r["source"], fold_of(r), r["seed"])
+
+    rows = [r for r in load_rows(path) if key(r) != key(row)]
     row["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"rows": rows}, indent=1, default=float))
     os.replace(tmp, path)
+
+
+def fold_of(row: dict[str, Any]) -> str:
+    """The sources a row's model was trained without ("a+b" for a fold holding several out together)."""
+    return row.get("fold") or row["source"]
 
 
 def _pct(row: dict[str, Any], key: str) -> str:
@@ -242,10 +258,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def tables(rows: Sequence[dict[str, Any]]) -> str:
-    """The fine-tuned folds (the headline) first, then the probe's sampling choices."""
+    """The fine-tuned one-source folds (the headline) first, then folds holding several sources out
+    together, then the probe's sampling choices."""
     out = []
-    for mode, title in (("finetune", "Fine-tuned, the bundled model's recipe"), ("probe", "Linear probe on ImageNet features: sampling choices")):
-        part = [r for r in rows if r["mode"] == mode]
+    sections = (
+        ("Fine-tuned, one source held out per fold", lambda r: r["mode"] == "finetune" and fold_of(r) == r["source"]),
+        (
+            "Fine-tuned, several sources held out together in one fold (column `source`; the fold in the JSON)",
+            lambda r: r["mode"] == "finetune" and fold_of(r) != r["source"],
+        ),
+        ("Linear probe on ImageNet features: sampling choices", lambda r: r["mode"] == "probe"),
+    )
+    for title, keep in sections:
+        part = [r for r in rows if keep(r)]
         if part:
             out += [f"### {title}", "", table(part), ""]
     return "\n".join(out).rstrip()
@@ -267,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["finetune", "probe"], default="finetune")
     parser.add_argument("--data_dir", nargs="+", default=[str(d) for d in DEFAULT_DATA_DIRS])
     parser.add_argument("--holdout", nargs="+", default=None, help=f"sources to hold out (default: all with n >= {MIN_FILMS})")
+    parser.add_argument(
+        "--together", action="store_true",
+        help="hold all --holdout sources out in ONE fold (e.g. every minor source, the dominant archives kept)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--choice", default="bundled recipe", help="row label for this configuration")
     parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="extra scripts/train.py flags (last)")

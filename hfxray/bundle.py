@@ -107,6 +107,7 @@ def attach_leave_one_source_out(out: Path, results: Path = LOSO_RESULTS) -> int:
         {k: r[k] for k in r if k not in ("per_class", "recipe")}
         for r in json.loads(results.read_text())["rows"]
         if r.get("mode") == "finetune" and tuple(r.get("recipe") or ()) == RECIPE_ARGS
+        and r.get("fold", r["source"]) == r["source"]  # one-source folds only: the card's table
     ]
     hub.update_metadata(out, leave_one_source_out=sorted(rows, key=lambda r: (r["source"], r["seed"])))
     return len(rows)

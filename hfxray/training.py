@@ -76,12 +76,13 @@ class DataArguments:
         default="class_source",
         metadata={
             "help": "Training sampler: class_source (classes alike; inside a class, sources by n ** "
-            "source_weight_power), class, or none (every film alike).",
-            "choices": ["class_source", "class", "none"],
+            "source_weight_power), class_source_population (the same, then classes alike inside each "
+            "known population: adult, child), class, or none (every film alike).",
+            "choices": list(data.BALANCE_STRATEGIES),
         },
     )
     source_weight_power: float = field(
-        default=0.5, metadata={"help": "With --balance class_source: 0 = sources alike, 1 = by size."}
+        default=0.5, metadata={"help": "With --balance class_source*: 0 = sources alike, 1 = by size."}
     )
     image_size: int = field(default=224, metadata={"help": "Square input size S (images squash-resized to S x S)."})
     validation_split: float = field(default=0.2, metadata={"help": "Share of images held out for validation."})

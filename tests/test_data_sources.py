@@ -162,3 +162,36 @@ def test_a_single_class_folder_joins_others(corpus: Path, shared_data: Path, tmp
     shutil.copy(next(iter(_films(shared_data, "Normal", 1, skip=60))), more)
     with pytest.raises(ValueError, match="only one class"):  # two folders, still one class in all
         data.load_image_folder([normals, more.parent], image_size=64)
+
+
+def test_population_balance_makes_age_say_nothing_about_the_class() -> None:
+    """class_source_population: inside adults (and inside children) the classes weigh alike."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    cells = [  # (class, source, population, films): the bundled corpus's shape in miniature
+        (0, "covid-archive", "adult (mostly)", 6),
+        (0, "case-series", "unknown", 2),
+        (1, "adult-archive", "adult", 2),
+        (1, "childrens", "pediatric (1-5 y)", 4),
+        (2, "childrens", "pediatric (1-5 y)", 3),
+    ]
+    rows = [(c, s, p) for c, s, p, k in cells for _ in range(k)]
+    features = Features(
+        {"label": ClassLabel(names=["Covid", "Normal", "Viral Pneumonia"]), "source": Value("string"), "population": Value("string")}
+    )
+    ds = Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(features)}, features=features)
+    labels = np.asarray(ds["label"])
+    groups = np.asarray([data.population_group(p) for p in ds["population"]], dtype=object)
+    before = data.balance_weights(ds, strategy="class_source")
+    after = data.balance_weights(ds, strategy="class_source_population")
+    mass = lambda w, g, c: w[(groups == g) & (labels == c)].sum()  # noqa: E731
+    assert mass(before, "adult", 0) > 1.5 * mass(before, "adult", 1)  # what class_source alone leaves
+    assert mass(after, "adult", 0) == pytest.approx(mass(after, "adult", 1))
+    assert mass(after, "child", 1) == pytest.approx(mass(after, "child", 2))
+    for g in ("adult", "child"):  # a population's total weight is kept
+        assert after[groups == g].sum() == pytest.approx(before[groups == g].sum())
+    unknown = groups == None  # noqa: E711
+    assert np.allclose(after[unknown], before[unknown]) and after.sum() == pytest.approx(1.0)
+    assert [data.population_group(p) for p in ("Adult", "paediatric", "", None, "unknown")] == [
+        "adult", "child", None, None, None,
+    ]

@@ -87,8 +87,24 @@ def test_only_rows_of_the_bundled_recipe_reach_the_model(tmp_path: Path) -> None
         {**base, "source": "a", "recipe": list(RECIPE_ARGS)},
         {**base, "source": "c", "recipe": [*RECIPE_ARGS, "--num_train_epochs", "9"]},
         {**base, "source": "d", "mode": "probe", "recipe": list(RECIPE_ARGS)},
+        {**base, "source": "a", "fold": "a+e", "recipe": list(RECIPE_ARGS)},  # held out with another source
     ]}))
     assert attach_leave_one_source_out(tmp_path, results) == 2
     meta = read_metadata(tmp_path)
     assert [r["source"] for r in meta["leave_one_source_out"]] == ["a", "b"]
     assert "per_class" not in meta["leave_one_source_out"][0] and meta["classes"] == CLASSES
+
+
+def test_a_fold_of_several_sources_is_kept_apart_from_the_one_source_fold(tmp_path: Path) -> None:
+    """save_row merges by (mode, choice, source, fold, seed); the doc shows the two kinds of fold apart."""
+    results = tmp_path / "results.json"
+    base = {"mode": "finetune", "choice": "recipe", "source": "a", "seed": 42, "n": 10, "accuracy": 0.5,
+            "accuracy_ci95": [0.2, 0.8]}
+    loso.save_row(dict(base), results)
+    loso.save_row({**base, "fold": "a+b", "accuracy": 0.7}, results)
+    loso.save_row({**base, "accuracy": 0.6}, results)  # the one-source fold again: replaces its old row
+    rows = loso.load_rows(results)
+    assert sorted((loso.fold_of(r), r["accuracy"]) for r in rows) == [("a", 0.6), ("a+b", 0.7)]
+    text = loso.tables(rows)
+    one, together = text.split("### Fine-tuned, several sources")
+    assert "0.60" in one and "0.70" not in one and "0.70" in together

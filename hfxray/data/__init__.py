@@ -44,8 +44,10 @@ from hfxray.data.loading import (
     source_licences,
 )
 from hfxray.data.splits import (
+    BALANCE_STRATEGIES,
     balance_weights,
     class_source_counts,
+    population_group,
     split_dataset,
     split_groups,
     without_sources,
@@ -74,6 +76,8 @@ __all__ = [
     "DuplicateGroup",
     "FileRecord",
     "augmentation_config",
+    "BALANCE_STRATEGIES",
+    "population_group",
     "balance_weights",
     "build_train_augmentation",
     "check_folder",
