@@ -298,30 +298,23 @@ def _work_dir(output_dir: Path, ft_args: FinetuneArguments, resume: str | None) 
     return Path(tempfile.mkdtemp(prefix="hfxray-checkpoints-")), False
 
 
-def run_training(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    ft_args: FinetuneArguments,
-    training_args: TrainingArguments,
-    *,
-    overwrite_output_dir: bool = False,
-) -> dict[str, Any] | None:
-    """Train, calibrate and save; return the metadata written to hfxray.json (None on non-main ranks)."""
-    started = time.perf_counter()
-    output_dir = Path(training_args.output_dir).resolve()
-    resume = training_args.resume_from_checkpoint
-    check_output_dir(output_dir, overwrite_output_dir, resuming=bool(resume))
-    set_seed(training_args.seed)
-    push = training_args.push_to_hub
-    hub_model_id = training_args.hub_model_id
-    work_dir, keep = _work_dir(output_dir, ft_args, resume)
-    points = resume_points(work_dir, resume)
-    # Checkpoints that can be resumed need the optimizer, scheduler and RNG states too.
-    training_args = _clone_args(
-        training_args, output_dir=str(work_dir), push_to_hub=False, resume_from_checkpoint=None,
-        save_only_model=training_args.save_only_model and not keep,
-    )  # pushed once at the end, with the model card (hub.push_model_dir)
+@dataclass
+class _Prepared:
+    """What the data step hands the training steps: splits, their transforms and sampling weights."""
 
+    splits: Any  # datasets.DatasetDict with train / validation
+    labels: list[str]
+    bad_files: list[Any]
+    weights: np.ndarray
+    train_ds: Any  # train split with the augmentation transform
+    val_ds: Any  # validation split with the processor's transform
+
+
+def _prepare_data(
+    data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[Any, list[str], list[Any], np.ndarray]:
+    """Decode (cached), drop excluded sources, split by groups, weight for sampling: (splits, class
+    names, unreadable files, weights). The transforms wait for the model's processor (`_with_transforms`)."""
     with training_args.main_process_first(desc="decode and cache images"):
         dataset, bad_files = data.load_image_folder(data_args.data_dir, image_size=data_args.image_size)
     for bad in bad_files:
@@ -333,44 +326,48 @@ def run_training(
         dataset, test_size=data_args.validation_split, seed=training_args.seed,
         validation_sources=data_args.validation_sources,
     )
-    labels = dataset.features["label"].names
     weights = data.balance_weights(
         splits["train"], strategy=data_args.balance, source_power=data_args.source_weight_power
     )
+    return splits, dataset.features["label"].names, bad_files, weights
 
-    base = modeling.resolve_base_model(model_args.model_name_or_path) if not model_args.from_scratch else "resnet-50 (random init)"
-    model, processor = modeling.load_for_finetuning(
-        base, labels, data_args.image_size, from_scratch=model_args.from_scratch
-    )
-    model = model.to(memory_format=torch.channels_last)  # see collate()
+
+def _with_transforms(
+    splits: Any, labels: list[str], bad_files: list[Any], weights: np.ndarray, processor: Any,
+    data_args: DataArguments, seed: int,
+) -> _Prepared:
+    """Augmentation for training, the model's own processor for validation (the pixels prediction sees)."""
     aug = data.augmentation_config(data_args.augmentation)
     train_ds = splits["train"].with_transform(
-        data.train_transform(data_args.image_size, processor.image_mean, processor.image_std, aug, seed=training_args.seed)
+        data.train_transform(data_args.image_size, processor.image_mean, processor.image_std, aug, seed=seed)
     )
     val_ds = splits["validation"].with_transform(data.eval_transform(processor))
-    compute_metrics = _compute_metrics_fn()
+    return _Prepared(splits, labels, bad_files, weights, train_ds, val_ds)
 
-    # Phase 1: the new head alone, backbone frozen.
-    modeling.set_backbone_trainable(model, False)
+
+def _choose_head_lr(
+    model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
+    work_dir: Path, resuming: bool, keep: bool,
+) -> tuple[dict[str, Any], LRFindResult | None]:
+    """The head rate: given, found by the LR range test, or (resuming) the one chosen before the stop."""
     lr_info: dict[str, Any] = {"head_lr": training_args.learning_rate, "method": "given (--learning_rate)"}
     lr_plot = None
     lr_record = work_dir / "lr_find.json"
-    if points and lr_record.is_file():  # resuming: the rate chosen before the interruption
+    if resuming and lr_record.is_file():
         saved = json.loads(lr_record.read_text())
         lr_info = saved["lr_info"]
         lr_plot = LRFindResult(**saved["plot"]) if saved.get("plot") else None
     elif ft_args.learning_rate_find:
         loader = torch.utils.data.DataLoader(
-            train_ds,
+            prep.train_ds,
             batch_size=training_args.per_device_train_batch_size,
-            sampler=weighted_sampler(weights, training_args.seed),
+            sampler=weighted_sampler(prep.weights, training_args.seed),
             collate_fn=collate,
         )
         found = lr_range_test(model, lambda: loader, num_steps=ft_args.lr_find_steps)
         lr_info = {"head_lr": found.suggested_lr, "method": f"LR range test: {found.method}"}
         lr_plot = found
         logger.info("LR range test chose %.2e (%s)", found.suggested_lr, found.method)
-    head_lr = float(lr_info["head_lr"])
     if keep and training_args.should_save:
         work_dir.mkdir(parents=True, exist_ok=True)
         plot = None if lr_plot is None else {
@@ -378,27 +375,40 @@ def run_training(
             "suggested_lr": float(lr_plot.suggested_lr), "method": lr_plot.method,
         }
         lr_record.write_text(json.dumps({"lr_info": lr_info, "plot": plot}))
+    return lr_info, lr_plot
 
-    history: list[dict[str, Any]] = []
-    if ft_args.head_epochs > 0 and points.get("all-layers"):
+
+def _train_head(
+    model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
+    head_lr: float, work_dir: Path, points: dict[str, str | None],
+) -> list[dict[str, Any]]:
+    """Phase 1: the new head alone, backbone frozen; returns its log history."""
+    modeling.set_backbone_trainable(model, False)
+    if ft_args.head_epochs <= 0:
+        return []
+    if points.get("all-layers"):
         # Phase 1 finished before the interruption: its history is in its last checkpoint.
         head_state = get_last_checkpoint(str(work_dir / "head"))
-        if head_state:
-            logged = json.loads((Path(head_state) / "trainer_state.json").read_text())["log_history"]
-            history += [dict(h, phase="head") for h in logged]
-    elif ft_args.head_epochs > 0:
-        args1 = _clone_args(
-            training_args, num_train_epochs=ft_args.head_epochs, learning_rate=head_lr,
-            output_dir=str(work_dir / "head"),
-        )
-        trainer = BalancedTrainer(
-            model=model, args=args1, train_dataset=train_ds, eval_dataset=val_ds,
-            data_collator=collate, compute_metrics=compute_metrics, sample_weights=weights,
-        )
-        trainer.train(resume_from_checkpoint=points.get("head"))
-        history += [dict(h, phase="head") for h in trainer.state.log_history]
+        if not head_state:
+            return []
+        logged = json.loads((Path(head_state) / "trainer_state.json").read_text())["log_history"]
+        return [dict(h, phase="head") for h in logged]
+    args1 = _clone_args(
+        training_args, num_train_epochs=ft_args.head_epochs, learning_rate=head_lr, output_dir=str(work_dir / "head"),
+    )
+    trainer = BalancedTrainer(
+        model=model, args=args1, train_dataset=prep.train_ds, eval_dataset=prep.val_ds,
+        data_collator=collate, compute_metrics=_compute_metrics_fn(), sample_weights=prep.weights,
+    )
+    trainer.train(resume_from_checkpoint=points.get("head"))
+    return [dict(h, phase="head") for h in trainer.state.log_history]
 
-    # Phase 2: all layers, the backbone at a lower rate (discriminative learning rates).
+
+def _train_all_layers(
+    model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
+    head_lr: float, work_dir: Path, points: dict[str, str | None],
+) -> tuple[Trainer, dict[str, float]]:
+    """Phase 2: all layers, the backbone at a lower rate (discriminative learning rates)."""
     modeling.set_backbone_trainable(model, True)
     unfrozen_head_lr = head_lr * ft_args.unfrozen_lr_factor
     backbone_lr = unfrozen_head_lr * ft_args.backbone_lr_ratio
@@ -407,44 +417,56 @@ def run_training(
         modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
     )
     trainer = BalancedTrainer(
-        model=model, args=args2, train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
-        sample_weights=weights,
+        model=model, args=args2, train_dataset=prep.train_ds, eval_dataset=prep.val_ds,
+        data_collator=collate, compute_metrics=_compute_metrics_fn(), optimizers=(optimizer, None),
+        sample_weights=prep.weights,
     )
     trainer.train(resume_from_checkpoint=points.get("all-layers"))
-    history += [dict(h, phase="all layers") for h in trainer.state.log_history]
-    if not trainer.is_world_process_zero():
-        return None
-    model = trainer.model.to(memory_format=torch.contiguous_format)
+    return trainer, {"unfrozen_head_lr": unfrozen_head_lr, "backbone_lr": backbone_lr}
 
-    # Calibration on the validation split; folded into the classifier so every consumer sees it.
-    logits, y_val = _logits(model, val_ds)
+
+def _calibrate_and_validate(model: torch.nn.Module, prep: _Prepared, calibrate: bool) -> dict[str, Any]:
+    """Temperature on the validation split, folded into the classifier so every consumer sees it;
+    then the validation report, whole and by source."""
+    logits, y_val = _logits(model, prep.val_ds)
     probs_before = softmax(logits, axis=1)
     ece_before = calibration.expected_calibration_error(probs_before, y_val)
     temperature = 1.0
-    if ft_args.calibrate and len(y_val) >= 10:
+    if calibrate and len(y_val) >= 10:
         temperature = calibration.fit_temperature(logits, y_val)
         calibration.fold_temperature_into_classifier(modeling.classifier_module(model), temperature)
     probs = softmax(logits / temperature, axis=1)
-    ece_after = calibration.expected_calibration_error(probs, y_val)
-    validation = metrics.classification_report(y_val, probs, labels, present_only=True)
-    val_sources = list(splits["validation"]["source"])
-    validation_by_source = {
-        src: metrics.classification_report(y_val[idx], probs[idx], labels, present_only=True)
-        for src in sorted(set(val_sources))
-        for idx in [np.flatnonzero(np.asarray(val_sources) == src)]
+    val_sources = np.asarray(prep.splits["validation"]["source"])
+    return {
+        "temperature": float(temperature),
+        "ece_before": float(ece_before),
+        "ece_after": float(calibration.expected_calibration_error(probs, y_val)),
+        "validation": metrics.classification_report(y_val, probs, prep.labels, present_only=True),
+        "validation_by_source": {
+            src: metrics.classification_report(y_val[idx], probs[idx], prep.labels, present_only=True)
+            for src in sorted(set(val_sources.tolist()))
+            for idx in [np.flatnonzero(val_sources == src)]
+        },
     }
 
+
+def _training_metadata(
+    base: str, prep: _Prepared, data_args: DataArguments, ft_args: FinetuneArguments,
+    training_args: TrainingArguments, lr_info: dict[str, Any], lower_rates: dict[str, float],
+    checked: dict[str, Any], history: list[dict[str, Any]], started: float,
+) -> dict[str, Any]:
+    """hfxray.json: what the model is, what it saw (fingerprints, sources, licences), how it did."""
+    splits = prep.splits
     # The offline backbones resolve to a cache folder; record the name a user would pass instead.
     base_name = Path(base).name if Path(base).parent.name == "backbones" else base
-    meta: dict[str, Any] = {
+    return {
         "hfxray_version": __version__,
         "base_model": base_name,
         "image_size": data_args.image_size,
-        "classes": labels,
-        "temperature": float(temperature),
-        "ece_before": float(ece_before),
-        "ece_after": float(ece_after),
+        "classes": prep.labels,
+        "temperature": checked["temperature"],
+        "ece_before": checked["ece_before"],
+        "ece_after": checked["ece_after"],
         # Gradient updates saw only the train split; validation chose the checkpoint and the temperature.
         # Kept apart so that an audit on the validation split is not reported as leakage.
         "training_data": data.dataset_fingerprint(splits["train"], root=data_args.data_root),
@@ -453,7 +475,7 @@ def run_training(
         "excluded_sources": data_args.exclude_sources or [],
         "data_licences": data.source_licences(data_args.data_dir),
         "sources": {name: data.class_source_counts(part) for name, part in splits.items()},
-        "skipped_files": [asdict(b) for b in bad_files],
+        "skipped_files": [asdict(b) for b in prep.bad_files],
         "split": {
             "validation_split": data_args.validation_split,
             "validation_sources": data_args.validation_sources,
@@ -465,13 +487,12 @@ def run_training(
                 Path(os.path.relpath(p, data_args.data_root)).as_posix() for p in splits["validation"]["path"]
             ),
         },
-        "validation": validation,
-        "validation_by_source": validation_by_source,
+        "validation": checked["validation"],
+        "validation_by_source": checked["validation_by_source"],
         "balance": {"strategy": data_args.balance, "source_weight_power": data_args.source_weight_power},
         "learning_rates": {
             **lr_info,
-            "unfrozen_head_lr": unfrozen_head_lr,
-            "backbone_lr": backbone_lr,
+            **lower_rates,
             "head_epochs": ft_args.head_epochs,
             "unfrozen_epochs": training_args.num_train_epochs,
         },
@@ -479,8 +500,13 @@ def run_training(
         "train_seconds": round(time.perf_counter() - started, 1),
         "log_history": history,
     }
-    if ft_args.fit_input_gate:
-        meta["gate"] = _fit_gate(model, processor, splits)
+
+
+def _save_model_dir(
+    output_dir: Path, model: torch.nn.Module, processor: Any, meta: dict[str, Any],
+    lr_plot: LRFindResult | None, work_dir: Path, keep: bool,
+) -> None:
+    """One atomic swap: weights, processor, hfxray.json, LR plot, card (and kept checkpoints)."""
 
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -495,7 +521,57 @@ def run_training(
     _write_atomically(save, output_dir)
     if not keep:
         shutil.rmtree(work_dir, ignore_errors=True)
-    logger.info("saved model to %s (validation accuracy %.3f)", output_dir, validation["accuracy"])
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    ft_args: FinetuneArguments,
+    training_args: TrainingArguments,
+    *,
+    overwrite_output_dir: bool = False,
+) -> dict[str, Any] | None:
+    """Train, calibrate and save; return the metadata written to hfxray.json (None on non-main ranks)."""
+    started = time.perf_counter()
+    output_dir = Path(training_args.output_dir).resolve()
+    resume = training_args.resume_from_checkpoint
+    check_output_dir(output_dir, overwrite_output_dir, resuming=bool(resume))
+    set_seed(training_args.seed)
+    push, hub_model_id = training_args.push_to_hub, training_args.hub_model_id
+    work_dir, keep = _work_dir(output_dir, ft_args, resume)
+    points = resume_points(work_dir, resume)
+    # Checkpoints that can be resumed need the optimizer, scheduler and RNG states too.
+    training_args = _clone_args(
+        training_args, output_dir=str(work_dir), push_to_hub=False, resume_from_checkpoint=None,
+        save_only_model=training_args.save_only_model and not keep,
+    )  # pushed once at the end, with the model card (hub.push_model_dir)
+
+    splits, labels, bad_files, weights = _prepare_data(data_args, training_args)
+    base = modeling.resolve_base_model(model_args.model_name_or_path) if not model_args.from_scratch else "resnet-50 (random init)"
+    model, processor = modeling.load_for_finetuning(
+        base, labels, data_args.image_size, from_scratch=model_args.from_scratch
+    )
+    model = model.to(memory_format=torch.channels_last)  # see collate()
+    prep = _with_transforms(splits, labels, bad_files, weights, processor, data_args, training_args.seed)
+
+    modeling.set_backbone_trainable(model, False)  # the range test looks at the head alone
+    lr_info, lr_plot = _choose_head_lr(model, prep, ft_args, training_args, work_dir, bool(points), keep)
+    head_lr = float(lr_info["head_lr"])
+    history = _train_head(model, prep, ft_args, training_args, head_lr, work_dir, points)
+    trainer, lower_rates = _train_all_layers(model, prep, ft_args, training_args, head_lr, work_dir, points)
+    history += [dict(h, phase="all layers") for h in trainer.state.log_history]
+    if not trainer.is_world_process_zero():
+        return None
+    model = trainer.model.to(memory_format=torch.contiguous_format)
+
+    checked = _calibrate_and_validate(model, prep, ft_args.calibrate)
+    meta = _training_metadata(
+        base, prep, data_args, ft_args, training_args, lr_info, lower_rates, checked, history, started
+    )
+    if ft_args.fit_input_gate:
+        meta["gate"] = _fit_gate(model, processor, splits)
+    _save_model_dir(output_dir, model, processor, meta, lr_plot, work_dir, keep)
+    logger.info("saved model to %s (validation accuracy %.3f)", output_dir, checked["validation"]["accuracy"])
     if push:
         from hfxray import hub
 
