@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -333,101 +333,116 @@ def _torch_model(predictor: Predictor) -> Any:
     return model.eval()
 
 
-def run_audit(
-    predictor_or_model_dir: Predictor | str | os.PathLike | None,
-    data_dir: str | os.PathLike,
-    *,
-    output_dir: str | os.PathLike,
-    training_metadata: dict[str, Any] | None = None,
-    downscale_to: Sequence[int] = DEFAULT_DOWNSCALE,
-    jpeg_quality: Sequence[int] = DEFAULT_JPEG_QUALITY,
-    gamma: Sequence[float] = DEFAULT_GAMMA,
-    contrast: Sequence[float] = DEFAULT_CONTRAST,
-    max_per_class: int | None = None,
-    heatmaps: bool = True,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Run every check on the labelled folder ``data_dir``; write audit.json, audit.html and PNGs.
-
-    ``training_metadata`` is the model's ``training_data`` record (default: from its hfxray.json).
-    Returns the audit dict (what audit.json holds); ``result["verdict"]`` has ``shortcut_risk``
-    ("high" / "moderate" / "low"), ``reasons`` and ``warnings``.
-    """
-    from hfxray.data import FileRecord, image_phash
-    from hfxray.images import file_sha256
-
-    predictor = _as_predictor(predictor_or_model_dir)
-    classes = list(predictor.classes)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, labels_list, skipped = scan_labelled_folder(data_dir, classes)
+def _select_films(
+    data_dir: str | os.PathLike, classes: list[str], max_per_class: int | None
+) -> tuple[list[str], list[int], list[str]]:
+    """(paths, labels, skipped folders), capped at the first ``max_per_class`` files of each class
+    so a quick audit of a large folder stays balanced the way the folder is."""
+    paths, labels, skipped = scan_labelled_folder(data_dir, classes)
     if max_per_class is not None:
-        keep = [i for i, y in enumerate(labels_list) if labels_list[: i + 1].count(y) <= max_per_class]
-        paths, labels_list = [paths[i] for i in keep], [labels_list[i] for i in keep]
-    transforms = invariance_transforms(downscale_to, jpeg_quality, gamma, contrast)
-    model = _torch_model(predictor) if heatmaps else None
+        keep = [i for i, y in enumerate(labels) if labels[: i + 1].count(y) <= max_per_class]
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    return paths, labels, skipped
 
-    n_variants = 3 + len(transforms)  # original, border-only, lungs-only, transforms
-    probs_all: list[np.ndarray] = []
-    applies_all: list[list[bool]] = []
-    kept_labels: list[int] = []
-    records: list[Any] = []
-    bad_files: list[dict[str, str]] = []
-    cam_mass: list[float] = []
-    gallery: dict[int, list[tuple[Image.Image, np.ndarray, int]]] = {}
-    example: Image.Image | None = None
-    cam_chunk: list[tuple[np.ndarray, int, Image.Image]] = []
 
-    def flush_cams() -> None:
-        if not cam_chunk:
+@dataclass
+class _Heatmaps:
+    """Grad-CAM of the films in batches of 8: one backward pass per film would dominate the audit,
+    while holding every film's input until the end would hold the whole folder in memory."""
+
+    model: Any
+    mass: list[float] = field(default_factory=list)
+    gallery: dict[int, list[tuple[Image.Image, np.ndarray, int]]] = field(default_factory=dict)
+    chunk: list[tuple[np.ndarray, int, Image.Image]] = field(default_factory=list)
+
+    def add(self, pixel_values: np.ndarray, label: int, thumb: Image.Image) -> None:
+        """Queue one film (its model input and a thumbnail for the gallery)."""
+        self.chunk.append((pixel_values, label, thumb))
+        if len(self.chunk) >= 8:
+            self.flush()
+
+    def flush(self) -> None:
+        """Explain the queued films; keep each one's heat share and the first 3 of each class to show."""
+        if not self.chunk:
             return
         import torch
 
-        batch = torch.from_numpy(np.stack([c[0] for c in cam_chunk]))
-        cams = explain(model, batch).cams
-        for (_, label, thumb), cam in zip(cam_chunk, cams, strict=True):
-            cam_mass.append(central_mass(cam))
-            if len(gallery.setdefault(label, [])) < 3:
-                gallery[label].append((thumb, cam, label))
-        cam_chunk.clear()
+        batch = torch.from_numpy(np.stack([c[0] for c in self.chunk]))
+        cams = explain(self.model, batch).cams
+        for (_, label, thumb), cam in zip(self.chunk, cams, strict=True):
+            self.mass.append(central_mass(cam))
+            if len(self.gallery.setdefault(label, [])) < 3:
+                self.gallery[label].append((thumb, cam, label))
+        self.chunk.clear()
 
-    for path, label in zip(paths, labels_list, strict=True):
+
+@dataclass
+class _FilmPass:
+    """What one pass over the films collected, so that every check reads the same predictions."""
+
+    probs: list[np.ndarray] = field(default_factory=list)  # per film: (variants, classes)
+    applies: list[list[bool]] = field(default_factory=list)  # per film: which transforms changed it
+    labels: list[int] = field(default_factory=list)  # of the films that could be read
+    records: list[Any] = field(default_factory=list)  # FileRecords for the leakage check
+    bad_files: list[dict[str, str]] = field(default_factory=list)
+    example: Image.Image | None = None  # the first readable film, for the masks figure
+
+
+def _film_variants(image: Image.Image, transforms: list[Transform]) -> tuple[list[Image.Image], list[bool]]:
+    """Original, border-only, lungs-only, then each transform (or the original where it would not
+    change this film), so that all variants of a film go through the model in one batch."""
+    variants = [image, border_only(image), lungs_only(image)]
+    applies = [t.applies(image) for t in transforms]
+    variants += [t.apply(image) if ok else image for t, ok in zip(transforms, applies, strict=True)]
+    return variants, applies
+
+
+def _predict_films(
+    predictor: Predictor,
+    paths: list[str],
+    labels: list[int],
+    transforms: list[Transform],
+    heatmaps: _Heatmaps | None,
+    progress: Callable[[int], None] | None,
+) -> _FilmPass:
+    """Decode each film once and predict all its variants; unreadable files are recorded, not fatal,
+    so one broken file does not stop an audit of thousands."""
+    from hfxray.data import FileRecord, image_phash
+    from hfxray.images import file_sha256
+
+    films = _FilmPass()
+    n_variants = 3 + len(transforms)  # original, border-only, lungs-only, transforms
+    for path, label in zip(paths, labels, strict=True):
         try:
             image = load_image(path, draft_size=AUDIT_DRAFT_SIZE)
         except (ImageReadError, OSError) as e:
-            bad_files.append({"path": path, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
+            films.bad_files.append(
+                {"path": path, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__}
+            )
             continue
-        if example is None:
-            example = image.copy()
-        records.append(FileRecord(path, file_sha256(path), image_phash(image), image_phash(image, 16)))
-        variants = [image, border_only(image), lungs_only(image)]
-        applies = [t.applies(image) for t in transforms]
-        variants += [t.apply(image) if ok else image for t, ok in zip(transforms, applies, strict=True)]
+        if films.example is None:
+            films.example = image.copy()
+        films.records.append(FileRecord(path, file_sha256(path), image_phash(image), image_phash(image, 16)))
+        variants, applies = _film_variants(image, transforms)
         pixel_values = predictor.preprocess(variants)
-        probs_all.append(softmax(predictor.predict_pixel_values(pixel_values, batch_size=n_variants)))
-        applies_all.append(applies)
-        kept_labels.append(label)
-        if model is not None:
+        films.probs.append(softmax(predictor.predict_pixel_values(pixel_values, batch_size=n_variants)))
+        films.applies.append(applies)
+        films.labels.append(label)
+        if heatmaps is not None:
             size = predictor.image_size
-            cam_chunk.append((pixel_values[0], label, image.resize((size, size), Image.Resampling.BILINEAR)))
-            if len(cam_chunk) >= 8:
-                flush_cams()
+            heatmaps.add(pixel_values[0], label, image.resize((size, size), Image.Resampling.BILINEAR))
         if progress is not None:
             progress(1)
-    if model is not None:
-        flush_cams()
-    if not kept_labels:
-        raise ValueError(f"none of the {len(paths)} images in {data_dir} could be read")
+    if heatmaps is not None:
+        heatmaps.flush()
+    return films
 
-    probs = np.stack(probs_all)  # (n, V, C)
-    preds = probs.argmax(-1)  # (n, V)
-    y = np.asarray(kept_labels)
-    applies_arr = np.asarray(applies_all, dtype=bool).reshape(len(y), len(transforms))
-    n = len(y)
-    counts = np.bincount(y, minlength=len(classes))
-    present = [i for i in range(len(classes)) if counts[i]]
-    chance = float(counts.max() / n)
 
+def _masking_checks(
+    preds: np.ndarray, y: np.ndarray, chance: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Full-image, border-only and lungs-only accuracy with verdicts: the masks are judged against
+    the full image, since a model that fails on whole films says nothing by failing on masked ones."""
     full = _accuracy_block(preds[:, 0], y)
     border = _accuracy_block(preds[:, 1], y)
     lungs = _accuracy_block(preds[:, 2], y)
@@ -435,10 +450,17 @@ def run_audit(
     lungs_level, lungs_text = _masking_verdict("lungs-only", lungs, full, chance)
     border.update(level=border_level, verdict=border_text, box=list(CENTRAL_BOX))
     lungs.update(level=lungs_level, verdict=lungs_text, band=BORDER_BAND, corner=CORNER_FRACTION)
+    return full, border, lungs
 
+
+def _invariance_check(
+    transforms: list[Transform], preds: np.ndarray, y: np.ndarray, applies: np.ndarray
+) -> dict[str, Any]:
+    """Flip rate and accuracy per transform, counted only on films the transform changed, so a
+    folder of small films does not dilute the downscale tests with unchanged copies."""
     inv: dict[str, dict[str, Any]] = {}
     for j, t in enumerate(transforms):
-        mask = applies_arr[:, j]
+        mask = applies[:, j]
         tp = preds[mask, 3 + j]
         flips = _proportion(int((tp != preds[mask, 0]).sum()), int(mask.sum()))
         acc = _proportion(int((tp == y[mask]).sum()), int(mask.sum()))
@@ -455,8 +477,21 @@ def run_audit(
                 int((preds[mask, 0] == y[mask]).sum()), int(mask.sum())
             )["rate"],
         }
-    inv_level, inv_text, worst, worst_rate = _invariance_verdict(inv)
+    level, text, worst, worst_rate = _invariance_verdict(inv)
+    return {
+        "transforms": inv,
+        "max_flip_transform": worst,
+        "max_flip_rate": worst_rate,
+        "level": level,
+        "verdict": text,
+    }
 
+
+def _heatmap_check(
+    cam_mass: list[float], y: np.ndarray, classes: list[str], present: list[int]
+) -> dict[str, Any]:
+    """Share of Grad-CAM heat inside the lung box, beside what a uniform map would put there, so the
+    number has a baseline; "not measured" when heatmaps were off."""
     heat: dict[str, Any] = {"measured": bool(cam_mass), "lung_box": list(CENTRAL_BOX)}
     heat_level = "low"
     if cam_mass:
@@ -479,20 +514,44 @@ def run_audit(
     else:
         heat["verdict"] = "Grad-CAM heatmap mass: not measured"
     heat["level"] = heat_level
+    return heat
 
-    training = training_metadata if training_metadata is not None else predictor.metadata.get("training_data")
-    leak = _leakage(training, records)
 
+def _class_balance(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, list[int], float]:
+    """(films per class, classes present, chance): chance is the majority share, not 1/k, since a
+    model that always answers the commonest class already scores that much."""
+    counts = np.bincount(y, minlength=n_classes)
+    present = [i for i in range(n_classes) if counts[i]]
+    return counts, present, float(counts.max() / len(y))
+
+
+def _risk_verdict(checks: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    """(shortcut risk, reasons): the worst check decides, and the reasons list the checks that raised
+    it, worst first; with nothing raised, the three main checks say why the risk is low."""
+    border, lungs, invariance = checks["border_only"], checks["lungs_only"], checks["invariance"]
     levels = [
-        (border_level, border_text),
-        (lungs_level, lungs_text),
-        (inv_level, inv_text),
-        (heat_level, heat["verdict"]),
+        (border["level"], border["verdict"]),
+        (lungs["level"], lungs["verdict"]),
+        (invariance["level"], invariance["verdict"]),
+        (checks["heatmap"]["level"], checks["heatmap"]["verdict"]),
     ]
     risk = max((lvl for lvl, _ in levels), key=_LEVELS.__getitem__)
     reasons = [text for lvl, text in sorted(levels, key=lambda x: -_LEVELS[x[0]]) if lvl != "low"]
     if not reasons:
-        reasons = [border_text, lungs_text, inv_text]
+        reasons = [border["verdict"], lungs["verdict"], invariance["verdict"]]
+    return risk, reasons
+
+
+def _audit_warnings(
+    checks: dict[str, dict[str, Any]],
+    skipped: list[str],
+    bad_files: list[dict[str, str]],
+    chance: float,
+    n: int,
+) -> list[str]:
+    """What limits how far the verdict can be trusted (leaked copies, skipped files, a model that
+    does not work here, a small folder); these qualify the risk rather than raise it."""
+    leak, full = checks["leakage"], checks["full_image"]
     warnings_ = []
     if leak.get("n_exact") or leak.get("n_near"):
         warnings_.append(leak["verdict"])
@@ -507,7 +566,23 @@ def run_audit(
         )
     if n < 30:
         warnings_.append(f"only {n} images: intervals are wide")
+    return warnings_
 
+
+def _assemble_result(
+    predictor: Predictor,
+    data_dir: str | os.PathLike,
+    classes: list[str],
+    balance: tuple[np.ndarray, list[int], float],
+    skipped: list[str],
+    bad_files: list[dict[str, str]],
+    checks: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The audit dict in audit.json's key order, with the verdict last; made JSON-safe (NaN -> null,
+    numpy scalars -> Python) so the file, the HTML and the caller all see the same values."""
+    counts, present, chance = balance
+    n = int(counts.sum())
+    risk, reasons = _risk_verdict(checks)
     result: dict[str, Any] = {
         "disclaimer": DISCLAIMER,
         "hfxray_version": __version__,
@@ -521,22 +596,63 @@ def run_audit(
         "chance": {"majority": chance, "uniform": 1.0 / len(present)},
         "skipped_folders": skipped,
         "bad_files": bad_files,
+        **checks,
+        "verdict": {
+            "shortcut_risk": risk,
+            "reasons": reasons,
+            "warnings": _audit_warnings(checks, skipped, bad_files, chance, n),
+        },
+    }
+    return _json_safe(result)
+
+
+def run_audit(
+    predictor_or_model_dir: Predictor | str | os.PathLike | None,
+    data_dir: str | os.PathLike,
+    *,
+    output_dir: str | os.PathLike,
+    training_metadata: dict[str, Any] | None = None,
+    downscale_to: Sequence[int] = DEFAULT_DOWNSCALE,
+    jpeg_quality: Sequence[int] = DEFAULT_JPEG_QUALITY,
+    gamma: Sequence[float] = DEFAULT_GAMMA,
+    contrast: Sequence[float] = DEFAULT_CONTRAST,
+    max_per_class: int | None = None,
+    heatmaps: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run every check on the labelled folder ``data_dir``; write audit.json, audit.html and PNGs.
+
+    ``training_metadata`` is the model's ``training_data`` record (default: from its hfxray.json).
+    Returns the audit dict (what audit.json holds); ``result["verdict"]`` has ``shortcut_risk``
+    ("high" / "moderate" / "low"), ``reasons`` and ``warnings``.
+    """
+    predictor = _as_predictor(predictor_or_model_dir)
+    classes = list(predictor.classes)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, labels, skipped = _select_films(data_dir, classes, max_per_class)
+    transforms = invariance_transforms(downscale_to, jpeg_quality, gamma, contrast)
+    cams = _Heatmaps(_torch_model(predictor)) if heatmaps else None
+    films = _predict_films(predictor, paths, labels, transforms, cams, progress)
+    if not films.labels:
+        raise ValueError(f"none of the {len(paths)} images in {data_dir} could be read")
+
+    preds, y = np.stack(films.probs).argmax(-1), np.asarray(films.labels)  # (n, variants), (n,)
+    balance = _class_balance(y, len(classes))
+    _, present, chance = balance
+    full, border, lungs = _masking_checks(preds, y, chance)
+    applies = np.asarray(films.applies, dtype=bool).reshape(len(y), len(transforms))
+    training = training_metadata if training_metadata is not None else predictor.metadata.get("training_data")
+    checks = {
         "full_image": full,
         "border_only": border,
         "lungs_only": lungs,
-        "heatmap": heat,
-        "invariance": {
-            "transforms": inv,
-            "max_flip_transform": worst,
-            "max_flip_rate": worst_rate,
-            "level": inv_level,
-            "verdict": inv_text,
-        },
-        "leakage": leak,
-        "verdict": {"shortcut_risk": risk, "reasons": reasons, "warnings": warnings_},
+        "heatmap": _heatmap_check(cams.mass if cams is not None else [], y, classes, present),
+        "invariance": _invariance_check(transforms, preds, y, applies),
+        "leakage": _leakage(training, films.records),
     }
-    result = _json_safe(result)
-    _write_outputs(result, out_dir, example, gallery, classes)
+    result = _assemble_result(predictor, data_dir, classes, balance, skipped, films.bad_files, checks)
+    _write_outputs(result, out_dir, films.example, cams.gallery if cams is not None else {}, classes)
     return result
 
 
