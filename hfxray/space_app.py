@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ NO_HEATMAP_NOTE = (
 REFUSED_TEXT = "Not a frontal chest radiograph"
 ABSTAIN_TEXT = REFUSED_TEXT  # the earlier name
 UNFAMILIAR_TEXT = "Unfamiliar film"
+NO_FILE_TEXT = "No file"  # the result headline when Analyse is pressed with nothing uploaded
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 CSV_KEEP_SECONDS = 600  # our CSV/PNG outputs; Gradio serves its own copies
@@ -329,234 +330,299 @@ def _result_widgets(prefix: str, n_classes: int) -> tuple[gr.Label, gr.Markdown,
     return label, text, warnings
 
 
+@dataclass(frozen=True)
+class _SingleTab:
+    """The "One image" tab's components, handed from the layout step to the wiring step."""
+
+    file: gr.File
+    button: gr.Button
+    heat: gr.Checkbox
+    image: gr.Image
+    label: gr.Label
+    text: gr.Markdown
+    warn: gr.Textbox
+    state: gr.State
+
+
+@dataclass(frozen=True)
+class _BatchTab:
+    """The "Several images" tab's components, handed from the layout step to the wiring step."""
+
+    files: gr.File
+    button: gr.Button
+    heat: gr.Checkbox
+    csv: gr.File
+    gallery: gr.Gallery
+    label: gr.Label
+    text: gr.Markdown
+    warn: gr.Textbox
+    table: gr.Dataframe
+    state: gr.State
+
+
 def build_demo(model: str | os.PathLike | XrayService | None = None):
     """The Space as a ``gr.Blocks`` (queue already configured). ``model``: a model directory or Hub
     id, an ``XrayService``, or None for ``$HFXRAY_MODEL`` / the bundled default model."""
     service = model if isinstance(model, XrayService) else XrayService(model)
-    no_result = ("No file", None)
-
     with gr.Blocks(
         analytics_enabled=False,
         title="hfxray - chest X-ray research demo",
         delete_cache=(300, 900),  # every 5 min, drop outputs older than 15 min
     ) as demo:
         cache_dir = demo.GRADIO_CACHE
-
-        def analyse_one(path: str) -> FileResult:
-            """Analyse an upload, then delete it. Gradio stores uploads at cache/<sha256 of the
-            content>/<name>, so two users sending the same file share one path, and the first to
-            finish deletes it; the second then gets the first one's result for those same bytes."""
-            try:
-                result = service.analyse_path(path)
-                if result.error is None:
-                    service.remember(path, result)
-                elif not os.path.exists(path):
-                    result = service.recall(path) or result
-                return result
-            finally:
-                _forget_upload(path, cache_dir)
-
-        gr.Markdown(
-            "# hfxray: chest X-ray classifier (Covid / Normal / Viral Pneumonia)\n"
-            f"Model: `{service.model_name}` · hfxray {__version__} · files: PNG, JPEG, BMP, TIFF or DICOM."
-        )
-        gr.Markdown(f"**{DISCLAIMER}**", elem_id="disclaimer")
-        heat_label = "Show Grad-CAM heatmap"
-        if not service.heatmaps:
-            heat_label = "Grad-CAM heatmap (off: needs PyTorch)"
-            gr.Markdown(NO_HEATMAP_NOTE, elem_id="no-heatmap")
-
-        with gr.Tab("One image", id="single"):
-            with gr.Row():
-                with gr.Column():
-                    single_file = gr.File(
-                        label="Chest X-ray (PNG, JPEG, DICOM ...)", file_count="single", elem_id="single-file"
-                    )
-                    single_button = gr.Button("Analyse", variant="primary", elem_id="single-button")
-                    single_heat = gr.Checkbox(
-                        value=service.heatmaps,
-                        label=heat_label,
-                        interactive=service.heatmaps,
-                        elem_id="single-heat",
-                    )
-                with gr.Column():
-                    single_image = gr.Image(
-                        label="Image",
-                        type="pil",
-                        format="png",
-                        interactive=False,
-                        elem_id="single-image",
-                        buttons=["download", "fullscreen"],
-                    )
-                    single_label, single_text, single_warn = _result_widgets("single", len(service.classes))
-            single_state = gr.State(time_to_live=STATE_TTL_SECONDS)
-
-        with gr.Tab("Several images", id="batch"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    batch_files = gr.File(
-                        label=f"Chest X-rays (up to {MAX_FILES})",
-                        file_count="multiple",
-                        elem_id="batch-files",
-                    )
-                    batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-button")
-                    batch_heat = gr.Checkbox(
-                        value=service.heatmaps,
-                        label=heat_label,
-                        interactive=service.heatmaps,
-                        elem_id="batch-heat",
-                    )
-                    batch_csv = gr.File(
-                        label="Download results (CSV)", interactive=False, elem_id="batch-csv"
-                    )
-                with gr.Column(scale=2):
-                    batch_gallery = gr.Gallery(
-                        label="Images (select one for details)",
-                        columns=3,
-                        format="png",
-                        interactive=False,
-                        elem_id="batch-gallery",
-                        buttons=["download", "fullscreen"],
-                    )
-                    batch_label, batch_text, batch_warn = _result_widgets("batch", len(service.classes))
-            batch_table = gr.Dataframe(
-                headers=["file", "result", *service.classes, "refused", "warnings"],
-                label="All files",
-                interactive=False,
-                elem_id="batch-table",
-            )
-            batch_state = gr.State([], time_to_live=STATE_TTL_SECONDS)
-
-        def predict(file: str | None) -> tuple[Any, Any, str, str, Any]:
-            """One file in; label confidences, heatmap image, result text and warnings out."""
-            paths = _uploaded_paths(file)
-            if not paths:
-                return (
-                    None,
-                    None,
-                    f"### {no_result[0]}\n\n*{DISCLAIMER}*",
-                    "Upload a chest X-ray first.",
-                    None,
-                )
-            result = analyse_one(paths[0])
-            logger.info(
-                "single: %s", "error" if result.error else "abstained" if result.abstained else "answered"
-            )
-            return (
-                result.label_value(),
-                service.image_file(result.heatmap or result.image),
-                result.markdown(),
-                result.warnings_text(),
-                result,
-            )
-
-        def toggle_single(show_heat: bool, result: FileResult | None) -> Any:
-            if result is None or result.image is None:
-                return None
-            return service.image_file(result.heatmap if show_heat and result.heatmap else result.image)
-
-        single_button.click(
-            predict,
-            inputs=single_file,
-            outputs=[single_label, single_image, single_text, single_warn, single_state],
-            api_name="predict",
-        ).then(toggle_single, [single_heat, single_state], single_image, api_visibility="private")
-        single_heat.change(toggle_single, [single_heat, single_state], single_image, api_visibility="private")
-
-        def gallery_items(results: list[FileResult], show_heat: bool) -> list[tuple[str | None, str]]:
-            return [
-                (
-                    service.image_file(r.heatmap if show_heat and r.heatmap else r.image),
-                    f"{r.name}: {r.headline}",
-                )
-                for r in results
-                if r.image is not None
-            ]
-
-        def details(results: list[FileResult], index: int) -> tuple[Any, str, str]:
-            if not results:
-                return None, "", ""
-            r = results[min(max(index, 0), len(results) - 1)]
-            return r.label_value(), f"**{r.name}**\n\n" + r.markdown(), r.warnings_text()
-
-        def predict_batch(files: Any, show_heat: bool):
-            """Several files in; gallery, details of the first, a table and a CSV out."""
-            paths = _uploaded_paths(files)
-            if not paths:
-                return (
-                    [],
-                    None,
-                    f"### {no_result[0]}\n\n*{DISCLAIMER}*",
-                    "Upload chest X-rays first.",
-                    [],
-                    None,
-                    [],
-                )
-            skipped = paths[MAX_FILES:]
-            for extra in skipped:
-                _forget_upload(extra, cache_dir)
-            start = time.perf_counter()
-            results = [analyse_one(p) for p in paths[:MAX_FILES]]
-            if skipped:
-                results[0].warnings.append(
-                    f"only the first {MAX_FILES} files were analysed; {len(skipped)} more were not "
-                    "(upload them as another batch)"
-                )
-            logger.info(
-                "batch: %d files in %.1fs (%d abstained, %d unreadable)",
-                len(results),
-                time.perf_counter() - start,
-                sum(r.abstained for r in results),
-                sum(r.error is not None for r in results),
-            )
-            table = [
-                [
-                    r.name,
-                    r.headline,
-                    *[round(r.probs[c], 4) if r.probs else None for c in service.classes],
-                    r.refused or "",
-                    "; ".join(([r.error] if r.error else []) + r.warnings),
-                ]
-                for r in results
-            ]
-            label, text, warn = details(results, 0)
-            # the list of results is in gr.State; the gallery shows only files that decoded
-            return (
-                gallery_items(results, show_heat),
-                label,
-                text,
-                warn,
-                table,
-                str(service.write_csv(results)),
-                results,
-            )
-
-        batch_button.click(
-            predict_batch,
-            inputs=[batch_files, batch_heat],
-            outputs=[batch_gallery, batch_label, batch_text, batch_warn, batch_table, batch_csv, batch_state],
-            api_name="predict_batch",
-        )
-        batch_heat.change(
-            lambda results, show: gallery_items(results or [], show),
-            [batch_state, batch_heat],
-            batch_gallery,
-            api_visibility="private",
-        )
-
-        def on_select(results: list[FileResult], evt: gr.SelectData):
-            shown = [r for r in results or [] if r.image is not None]
-            if not shown:
-                return None, "", ""
-            picked = shown[min(evt.index, len(shown) - 1)]
-            return details(results, results.index(picked))
-
-        batch_gallery.select(
-            on_select, batch_state, [batch_label, batch_text, batch_warn], api_visibility="private"
-        )
-
+        analyse_one = _upload_analyser(service, cache_dir)
+        heat_label = _page_header(service)
+        single = _single_tab(service, heat_label)
+        batch = _batch_tab(service, heat_label)
+        _wire_single(single, service, analyse_one)
+        _wire_batch(batch, service, analyse_one, cache_dir)
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
+
+
+def _upload_analyser(service: XrayService, cache_dir: str) -> Callable[[str], FileResult]:
+    """``analyse_one`` for both tabs: uploads must leave Gradio's cache as soon as they are read."""
+
+    def analyse_one(path: str) -> FileResult:
+        """Analyse an upload, then delete it. Gradio stores uploads at cache/<sha256 of the
+        content>/<name>, so two users sending the same file share one path, and the first to
+        finish deletes it; the second then gets the first one's result for those same bytes."""
+        try:
+            result = service.analyse_path(path)
+            if result.error is None:
+                service.remember(path, result)
+            elif not os.path.exists(path):
+                result = service.recall(path) or result
+            return result
+        finally:
+            _forget_upload(path, cache_dir)
+
+    return analyse_one
+
+
+def _page_header(service: XrayService) -> str:
+    """Title, model and the medical disclaimer above both tabs, plus the note that heatmaps are off
+    when PyTorch is missing. Returns the heatmap switch's label, which then says so too."""
+    gr.Markdown(
+        "# hfxray: chest X-ray classifier (Covid / Normal / Viral Pneumonia)\n"
+        f"Model: `{service.model_name}` · hfxray {__version__} · files: PNG, JPEG, BMP, TIFF or DICOM."
+    )
+    gr.Markdown(f"**{DISCLAIMER}**", elem_id="disclaimer")
+    if service.heatmaps:
+        return "Show Grad-CAM heatmap"
+    gr.Markdown(NO_HEATMAP_NOTE, elem_id="no-heatmap")
+    return "Grad-CAM heatmap (off: needs PyTorch)"
+
+
+def _heat_switch(service: XrayService, label: str, prefix: str) -> gr.Checkbox:
+    """The heatmap checkbox of one tab: on by default, and disabled when heatmaps cannot be drawn."""
+    return gr.Checkbox(
+        value=service.heatmaps,
+        label=label,
+        interactive=service.heatmaps,
+        elem_id=f"{prefix}-heat",
+    )
+
+
+def _single_tab(service: XrayService, heat_label: str) -> _SingleTab:
+    """Layout of the "One image" tab (elem ids ``single-*``, which the browser test finds)."""
+    with gr.Tab("One image", id="single"):
+        with gr.Row():
+            with gr.Column():
+                file = gr.File(
+                    label="Chest X-ray (PNG, JPEG, DICOM ...)", file_count="single", elem_id="single-file"
+                )
+                button = gr.Button("Analyse", variant="primary", elem_id="single-button")
+                heat = _heat_switch(service, heat_label, "single")
+            with gr.Column():
+                image = gr.Image(
+                    label="Image",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="single-image",
+                    buttons=["download", "fullscreen"],
+                )
+                label, text, warn = _result_widgets("single", len(service.classes))
+        state = gr.State(time_to_live=STATE_TTL_SECONDS)
+    return _SingleTab(file, button, heat, image, label, text, warn, state)
+
+
+def _batch_tab(service: XrayService, heat_label: str) -> _BatchTab:
+    """Layout of the "Several images" tab (elem ids ``batch-*``, which the browser test finds)."""
+    with gr.Tab("Several images", id="batch"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(
+                    label=f"Chest X-rays (up to {MAX_FILES})",
+                    file_count="multiple",
+                    elem_id="batch-files",
+                )
+                button = gr.Button("Analyse all", variant="primary", elem_id="batch-button")
+                heat = _heat_switch(service, heat_label, "batch")
+                csv_file = gr.File(label="Download results (CSV)", interactive=False, elem_id="batch-csv")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(
+                    label="Images (select one for details)",
+                    columns=3,
+                    format="png",
+                    interactive=False,
+                    elem_id="batch-gallery",
+                    buttons=["download", "fullscreen"],
+                )
+                label, text, warn = _result_widgets("batch", len(service.classes))
+        table = gr.Dataframe(
+            headers=["file", "result", *service.classes, "refused", "warnings"],
+            label="All files",
+            interactive=False,
+            elem_id="batch-table",
+        )
+        state = gr.State([], time_to_live=STATE_TTL_SECONDS)
+    return _BatchTab(files, button, heat, csv_file, gallery, label, text, warn, table, state)
+
+
+def _no_file_markdown() -> str:
+    """The result text when Analyse is pressed with nothing uploaded: still with the disclaimer."""
+    return f"### {NO_FILE_TEXT}\n\n*{DISCLAIMER}*"
+
+
+def _film_file(service: XrayService, result: FileResult, show_heat: bool) -> str | None:
+    """The PNG to show for one film: its heatmap when asked for and drawn, else the film itself."""
+    return service.image_file(result.heatmap if show_heat and result.heatmap else result.image)
+
+
+def _wire_single(tab: _SingleTab, service: XrayService, analyse_one: Callable[[str], FileResult]) -> None:
+    """Events of the "One image" tab: Analyse (the public ``/predict`` API) and the heatmap switch."""
+
+    def predict(file: str | None) -> tuple[Any, Any, str, str, Any]:
+        """One file in; label confidences, heatmap image, result text and warnings out."""
+        paths = _uploaded_paths(file)
+        if not paths:
+            return (None, None, _no_file_markdown(), "Upload a chest X-ray first.", None)
+        result = analyse_one(paths[0])
+        logger.info(
+            "single: %s", "error" if result.error else "abstained" if result.abstained else "answered"
+        )
+        return (
+            result.label_value(),
+            service.image_file(result.heatmap or result.image),
+            result.markdown(),
+            result.warnings_text(),
+            result,
+        )
+
+    def toggle_single(show_heat: bool, result: FileResult | None) -> Any:
+        if result is None or result.image is None:
+            return None
+        return _film_file(service, result, show_heat)
+
+    tab.button.click(
+        predict,
+        inputs=tab.file,
+        outputs=[tab.label, tab.image, tab.text, tab.warn, tab.state],
+        api_name="predict",
+    ).then(toggle_single, [tab.heat, tab.state], tab.image, api_visibility="private")
+    tab.heat.change(toggle_single, [tab.heat, tab.state], tab.image, api_visibility="private")
+
+
+def _details(results: list[FileResult], index: int) -> tuple[Any, str, str]:
+    """Label, result text and warnings of one film of a batch: the tab shows one film at a time."""
+    if not results:
+        return None, "", ""
+    r = results[min(max(index, 0), len(results) - 1)]
+    return r.label_value(), f"**{r.name}**\n\n" + r.markdown(), r.warnings_text()
+
+
+def _analyse_batch(
+    paths: list[str], analyse_one: Callable[[str], FileResult], cache_dir: str
+) -> list[FileResult]:
+    """The first MAX_FILES uploads analysed; the rest are deleted unread and the first result says so."""
+    skipped = paths[MAX_FILES:]
+    for extra in skipped:
+        _forget_upload(extra, cache_dir)
+    start = time.perf_counter()
+    results = [analyse_one(p) for p in paths[:MAX_FILES]]
+    if skipped:
+        results[0].warnings.append(
+            f"only the first {MAX_FILES} files were analysed; {len(skipped)} more were not "
+            "(upload them as another batch)"
+        )
+    logger.info(
+        "batch: %d files in %.1fs (%d abstained, %d unreadable)",
+        len(results),
+        time.perf_counter() - start,
+        sum(r.abstained for r in results),
+        sum(r.error is not None for r in results),
+    )
+    return results
+
+
+def _batch_rows(results: list[FileResult], classes: list[str]) -> list[list[Any]]:
+    """The "All files" table: every file, including those that could not be read."""
+    return [
+        [
+            r.name,
+            r.headline,
+            *[round(r.probs[c], 4) if r.probs else None for c in classes],
+            r.refused or "",
+            "; ".join(([r.error] if r.error else []) + r.warnings),
+        ]
+        for r in results
+    ]
+
+
+def _wire_batch(
+    tab: _BatchTab, service: XrayService, analyse_one: Callable[[str], FileResult], cache_dir: str
+) -> None:
+    """Events of the "Several images" tab: Analyse all (the public ``/predict_batch`` API), the
+    heatmap switch and picking a film in the gallery; the results live in the session's gr.State."""
+
+    def gallery_items(results: list[FileResult], show_heat: bool) -> list[tuple[str | None, str]]:
+        return [
+            (_film_file(service, r, show_heat), f"{r.name}: {r.headline}")
+            for r in results
+            if r.image is not None
+        ]
+
+    def predict_batch(files: Any, show_heat: bool):
+        """Several files in; gallery, details of the first, a table and a CSV out."""
+        paths = _uploaded_paths(files)
+        if not paths:
+            return ([], None, _no_file_markdown(), "Upload chest X-rays first.", [], None, [])
+        results = _analyse_batch(paths, analyse_one, cache_dir)
+        table = _batch_rows(results, service.classes)
+        label, text, warn = _details(results, 0)
+        # the list of results is in gr.State; the gallery shows only files that decoded
+        return (
+            gallery_items(results, show_heat),
+            label,
+            text,
+            warn,
+            table,
+            str(service.write_csv(results)),
+            results,
+        )
+
+    def on_select(results: list[FileResult], evt: gr.SelectData):
+        shown = [r for r in results or [] if r.image is not None]
+        if not shown:
+            return None, "", ""
+        picked = shown[min(evt.index, len(shown) - 1)]
+        return _details(results, results.index(picked))
+
+    tab.button.click(
+        predict_batch,
+        inputs=[tab.files, tab.heat],
+        outputs=[tab.gallery, tab.label, tab.text, tab.warn, tab.table, tab.csv, tab.state],
+        api_name="predict_batch",
+    )
+    tab.heat.change(
+        lambda results, show: gallery_items(results or [], show),
+        [tab.state, tab.heat],
+        tab.gallery,
+        api_visibility="private",
+    )
+    tab.gallery.select(on_select, tab.state, [tab.label, tab.text, tab.warn], api_visibility="private")
 
 
 def _theme():
