@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature_weight", type=float, default=gf.DEFAULT_FEATURE_WEIGHT)
     parser.add_argument("--nested", action="store_true", help="choose each threshold from inner GroupKFold scores")
     parser.add_argument("--inner_splits", type=int, default=4, help="GroupKFold folds for --nested")
-    parser.add_argument("--film_holdout_sources", nargs="*", default=["covid19-xray/train"],
+    parser.add_argument("--film_holdout_sources", nargs="*", default=["covid19-xray"],
                         help="training sources whose unseen films are measured by 5-fold (the seed's test split)")
     parser.add_argument("--cache", default=None, help="features .npz to reuse / write")
     parser.add_argument("--output", default="gate_holdout.json")
