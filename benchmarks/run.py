@@ -223,6 +223,12 @@ def machine_info() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ running
+def has_fastai(python: str) -> bool:
+    """Whether ``python`` can import fastai: it lives in a venv of its own (make bench-venv), so ask it."""
+    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('fastai') is None)"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
 def run_side(
     side: str, spec: dict[str, Any], work: Path, timeout_s: int, python: str = sys.executable
 ) -> dict[str, Any]:
@@ -402,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data_dir.is_dir():
         print(f"error: data directory not found: {data_dir}", file=sys.stderr)
         return 1
-    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('fastai') is None)"
-    fastai_available = not args.no_fastai and subprocess.run([args.fastai_python, "-c", probe]).returncode == 0
+    fastai_available = not args.no_fastai and has_fastai(args.fastai_python)
     fastai_skip = {"skipped": "fastai not installed: skipped" if not args.no_fastai else "skipped (--no_fastai)"}
     started = time.perf_counter()
 

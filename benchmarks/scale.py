@@ -43,6 +43,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from run import has_fastai  # benchmarks/run.py, beside this script (sys.path[0] when run)
+
 REPO = Path(__file__).resolve().parents[1]
 PREDICT = REPO / "scripts" / "predict.py"
 SHARED = REPO.parent / "shared" / "data" / "covid19-xray" / "train"
@@ -242,8 +244,7 @@ print(len(probs))
 
 def batch_fastai(films: list[Path], python: str = PYTHON) -> dict[str, Any]:
     """The original recipe as a whole process, run by ``python`` (a venv of its own: see make bench-venv)."""
-    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('fastai') is None)"
-    if subprocess.run([python, "-c", probe], capture_output=True).returncode != 0:
+    if not has_fastai(python):
         return {"not_run": f"fastai is not installed for {python} (make bench-venv, then --fastai_python)"}
     r = run([python, "-c", FASTAI_SCRIPT, str(SHARED), *map(str, films)], env=env_for(REPO), monitor=True)
     r["python"] = python
