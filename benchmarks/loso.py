@@ -126,11 +126,11 @@ def train_fold(data_dirs: Sequence[str], sources: Sequence[str], seed: int, out_
     return time.perf_counter() - started
 
 
-def predict_cached(model_dir: Path, images: Sequence[Any]) -> np.ndarray:
+def fold_predictor(model_dir: Path) -> Any:
+    """The fold model, loaded once for all the sources its fold held out."""
     from hfxray.inference import Predictor
 
-    predictor = Predictor.from_pretrained(model_dir, backend="torch")
-    return predictor.predict_images(list(images), batch_size=32)
+    return Predictor.from_pretrained(model_dir, backend="torch")
 
 
 def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
@@ -146,9 +146,10 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             else:
                 seconds = train_fold(args.data_dir, fold, seed, out_dir, args.train_args)
             meta = json.loads((out_dir / "hfxray.json").read_text())
+            predictor = fold_predictor(out_dir)
             for source in fold:
                 held = ds.select(np.flatnonzero(sources == source).tolist())
-                probs = predict_cached(out_dir, held["image"])
+                probs = predictor.predict_images(list(held["image"]), batch_size=32)
                 report = holdout_report(np.asarray(held["label"]), probs.argmax(axis=1), classes)
                 report.update(
                     mode="finetune", choice=args.choice, source=source, fold=name, seed=seed,
