@@ -380,7 +380,7 @@ def _choose_head_lr(
 
 def _train_head(
     model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
-    head_lr: float, work_dir: Path, points: dict[str, str | None],
+    head_lr: float, work_dir: Path, points: dict[str, str | None], compute_metrics: Any,
 ) -> list[dict[str, Any]]:
     """Phase 1: the new head alone, backbone frozen; returns its log history."""
     modeling.set_backbone_trainable(model, False)
@@ -398,7 +398,7 @@ def _train_head(
     )
     trainer = BalancedTrainer(
         model=model, args=args1, train_dataset=prep.train_ds, eval_dataset=prep.val_ds,
-        data_collator=collate, compute_metrics=_compute_metrics_fn(), sample_weights=prep.weights,
+        data_collator=collate, compute_metrics=compute_metrics, sample_weights=prep.weights,
     )
     trainer.train(resume_from_checkpoint=points.get("head"))
     return [dict(h, phase="head") for h in trainer.state.log_history]
@@ -406,7 +406,7 @@ def _train_head(
 
 def _train_all_layers(
     model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
-    head_lr: float, work_dir: Path, points: dict[str, str | None],
+    head_lr: float, work_dir: Path, points: dict[str, str | None], compute_metrics: Any,
 ) -> tuple[Trainer, dict[str, float]]:
     """Phase 2: all layers, the backbone at a lower rate (discriminative learning rates)."""
     modeling.set_backbone_trainable(model, True)
@@ -418,7 +418,7 @@ def _train_all_layers(
     )
     trainer = BalancedTrainer(
         model=model, args=args2, train_dataset=prep.train_ds, eval_dataset=prep.val_ds,
-        data_collator=collate, compute_metrics=_compute_metrics_fn(), optimizers=(optimizer, None),
+        data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
         sample_weights=prep.weights,
     )
     trainer.train(resume_from_checkpoint=points.get("all-layers"))
@@ -557,8 +557,11 @@ def run_training(
     modeling.set_backbone_trainable(model, False)  # the range test looks at the head alone
     lr_info, lr_plot = _choose_head_lr(model, prep, ft_args, training_args, work_dir, bool(points), keep)
     head_lr = float(lr_info["head_lr"])
-    history = _train_head(model, prep, ft_args, training_args, head_lr, work_dir, points)
-    trainer, lower_rates = _train_all_layers(model, prep, ft_args, training_args, head_lr, work_dir, points)
+    compute_metrics = _compute_metrics_fn()  # one load of the metric modules for both phases
+    history = _train_head(model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics)
+    trainer, lower_rates = _train_all_layers(
+        model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics
+    )
     history += [dict(h, phase="all layers") for h in trainer.state.log_history]
     if not trainer.is_world_process_zero():
         return None
