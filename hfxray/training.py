@@ -26,6 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hfxray import __version__, calibration, data, metrics, modeling, report
 from hfxray.lr_find import LRFindResult, lr_range_test
+from hfxray.weight_averaging import WeightAveragingCallback
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,18 @@ class FinetuneArguments:
         },
     )
     hub_private: bool = field(default=True, metadata={"help": "With --push_to_hub: create a private repo."})
+    weight_averaging_start: float | None = field(
+        default=None,
+        metadata={
+            "help": "Phase 2: average the weights of every step from this fraction of the phase on (SWA; "
+            "0.5 = the second half) and keep the average instead of the best checkpoint. Off by default."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        start = self.weight_averaging_start
+        if start is not None and not 0.0 <= start < 1.0:
+            raise ValueError(f"--weight_averaging_start must be in [0, 1), got {start}")
 
 
 def default_training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -407,22 +420,34 @@ def _train_head(
 def _train_all_layers(
     model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
     head_lr: float, work_dir: Path, points: dict[str, str | None], compute_metrics: Any,
-) -> tuple[Trainer, dict[str, float]]:
+) -> tuple[Trainer, dict[str, Any]]:
     """Phase 2: all layers, the backbone at a lower rate (discriminative learning rates)."""
     modeling.set_backbone_trainable(model, True)
     unfrozen_head_lr = head_lr * ft_args.unfrozen_lr_factor
     backbone_lr = unfrozen_head_lr * ft_args.backbone_lr_ratio
-    args2 = _clone_args(training_args, learning_rate=unfrozen_head_lr, output_dir=str(work_dir / "all-layers"))
+    averaging = (
+        WeightAveragingCallback(ft_args.weight_averaging_start, resume_from=points.get("all-layers"))
+        if ft_args.weight_averaging_start is not None
+        else None
+    )
+    args2 = _clone_args(
+        training_args, learning_rate=unfrozen_head_lr, output_dir=str(work_dir / "all-layers"),
+        # The average is the result: no best checkpoint to go back to.
+        load_best_model_at_end=training_args.load_best_model_at_end and averaging is None,
+    )
     optimizer = torch.optim.AdamW(
         modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
     )
     trainer = BalancedTrainer(
         model=model, args=args2, train_dataset=prep.train_ds, eval_dataset=prep.val_ds,
         data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
-        sample_weights=prep.weights,
+        sample_weights=prep.weights, callbacks=[averaging] if averaging else None,
     )
     trainer.train(resume_from_checkpoint=points.get("all-layers"))
-    return trainer, {"unfrozen_head_lr": unfrozen_head_lr, "backbone_lr": backbone_lr}
+    info: dict[str, Any] = {"unfrozen_head_lr": unfrozen_head_lr, "backbone_lr": backbone_lr}
+    if averaging is not None:
+        info["weight_averaging"] = {"start": averaging.start, "steps_averaged": averaging.n_averaged}
+    return trainer, info
 
 
 def _calibrate_and_validate(model: torch.nn.Module, prep: _Prepared, calibrate: bool) -> dict[str, Any]:
@@ -452,7 +477,7 @@ def _calibrate_and_validate(model: torch.nn.Module, prep: _Prepared, calibrate: 
 
 def _training_metadata(
     base: str, prep: _Prepared, data_args: DataArguments, ft_args: FinetuneArguments,
-    training_args: TrainingArguments, lr_info: dict[str, Any], lower_rates: dict[str, float],
+    training_args: TrainingArguments, lr_info: dict[str, Any], lower_rates: dict[str, Any],
     checked: dict[str, Any], history: list[dict[str, Any]], started: float,
 ) -> dict[str, Any]:
     """hfxray.json: what the model is, what it saw (fingerprints, sources, licences), how it did."""
@@ -490,9 +515,10 @@ def _training_metadata(
         "validation": checked["validation"],
         "validation_by_source": checked["validation_by_source"],
         "balance": {"strategy": data_args.balance, "source_weight_power": data_args.source_weight_power},
+        "weight_averaging": lower_rates.get("weight_averaging"),
         "learning_rates": {
             **lr_info,
-            **lower_rates,
+            **{k: v for k, v in lower_rates.items() if k != "weight_averaging"},
             "head_epochs": ft_args.head_epochs,
             "unfrozen_epochs": training_args.num_train_epochs,
         },

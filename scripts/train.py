@@ -58,7 +58,10 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_args, data_args, ft_args, out_args, training_args = parse(argv)
+    try:  # the dataclasses check their own values (e.g. --data_dir missing): one line, not a traceback
+        model_args, data_args, ft_args, out_args, training_args = parse(argv)
+    except ValueError as err:
+        return fail(err)
     training_args_output = training_args.output_dir
     try:
         meta = run_training(
