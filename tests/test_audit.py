@@ -24,7 +24,15 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hfxray.audit import border_only, downscale, lungs_only, run_audit, write_audit_to_model
+from hfxray.audit import (
+    archive_copy,
+    border_only,
+    downscale,
+    invariance_transforms,
+    lungs_only,
+    run_audit,
+    write_audit_to_model,
+)
 from hfxray.data import dataset_fingerprint, file_sha256, image_phash
 from hfxray.inference import Predictor
 from hfxray.modeling import make_processor
@@ -172,6 +180,20 @@ def test_masks_and_downscale_change_only_what_they_should():
     small = downscale(img, 25)
     assert small.size == img.size
     assert np.abs(np.asarray(small, np.float32) - arr).mean() > 20  # pixel noise is gone
+
+
+def test_archive_copy_is_the_same_film_squashed_and_recompressed(shared_data: Path):
+    path = sorted((shared_data / "Normal").iterdir())[0]
+    with Image.open(path) as im:
+        film = im.convert("RGB")
+    copy = archive_copy(film)
+    assert copy.size == (224, 224) and copy.mode == "RGB"
+    arr = np.asarray(copy, np.float32)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()  # grey, as archives store it
+    reference = np.asarray(film.convert("L").resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+    assert np.corrcoef(arr[..., 0].ravel(), reference.ravel())[0, 1] > 0.95  # the same film
+    assert not np.array_equal(arr[..., 0], reference)  # yet other pixels (Lanczos + JPEG)
+    assert "archive_224" in {t.name for t in invariance_transforms()}
 
 
 @pytest.fixture(scope="module")

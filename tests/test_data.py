@@ -354,6 +354,23 @@ def test_all_optional_augmentations_run_and_border_mask_blanks_a_border() -> Non
         assert not torch.allclose(x[:, S // 2, S // 2], zero.view(3))  # centre untouched
 
 
+def test_every_preset_builds_and_resampling_keeps_the_picture_not_its_pixels() -> None:
+    for name in data.AUGMENTATION_PRESETS:
+        out = data.train_transform(S, MEAN, STD, data.augmentation_config(name), seed=0)(_batch([128]))
+        assert out["pixel_values"][0].shape == (3, S, S)
+    only_resample = data.AugmentationConfig(affine_p=0, brightness_contrast_p=0, gamma_p=0, clahe_p=0, resample_p=1.0)
+    rng = np.random.default_rng(7)
+    texture = _pattern(8, (S, S))  # smooth structure plus pixel-level texture
+    arr = np.clip(np.asarray(texture, np.float32) + rng.normal(0, 20, (S, S, 1)), 0, 255).astype(np.uint8)
+    batch = {"image": [Image.fromarray(arr)] * 4, "label": [0] * 4}
+    plain = data.train_transform(S, MEAN, STD, data.augmentation_config("none"), seed=0)(batch)["pixel_values"][0]
+    for x in data.train_transform(S, MEAN, STD, only_resample, seed=3)(batch)["pixel_values"]:
+        assert np.corrcoef(x[0].ravel(), plain[0].ravel())[0, 1] > 0.8  # the same picture
+        assert float((x - plain).abs().mean()) > 0.05  # its fine texture redrawn
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        data.augmentation_config("pipeline")
+
+
 def test_eval_transform_is_the_processor() -> None:
     processor = make_processor(MEAN, STD, S)
     batch = {"image": [_pattern(5, (70, 50)), _pattern(6, (S, S))], "label": [1, 0]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,12 +47,18 @@ class AugmentationConfig:
     blur_p: float = 0.0  # A.GaussianBlur
     noise_p: float = 0.0  # A.GaussNoise (same noise on all channels)
     equalize_p: float = 0.0  # A.Equalize
+    # Against the film's own processing pipeline as a cue: a random resampling round trip (down with one
+    # interpolation, back up with another) and sharpening, the way another archive's resize-and-save
+    # leaves a film. See `build_train_augmentation`.
+    resample_p: float = 0.0
+    resample_scale_range: tuple[float, float] = (0.4, 0.9)
+    sharpen_p: float = 0.0  # A.Sharpen (Lanczos-like edge enhancement)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-AUGMENTATION_PRESETS: tuple[str, ...] = ("default", "none", "shortcut", "shortcut-strong")
+AUGMENTATION_PRESETS: tuple[str, ...] = ("default", "none", "shortcut", "shortcut-strong", "pipeline-random")
 """Names accepted by `augmentation_config` (``--augmentation`` of scripts/train.py)."""
 
 
@@ -65,7 +71,10 @@ def augmentation_config(name: str = "default") -> AugmentationConfig:
     ``shortcut-strong``: the shortcut set at higher probabilities, plus zoom-in (scale up to 1.25,
     which crops borders toward the lungs), gamma/contrast ranges that cover the audit's invariance
     shifts (gamma 0.7-1.4, contrast x0.8-1.2), histogram equalisation and harsher JPEG; see
-    docs/shortcuts.md for how it compares.
+    docs/shortcuts.md for how it compares. ``pipeline-random``: shortcut-strong plus a random
+    resampling round trip (70 %), sharpening and more JPEG, so that how a film was resized and saved
+    before it arrived (which differs by archive, and moved held-out films between classes: docs/loso.md)
+    is noise to the model rather than a cue.
     """
     if name == "default":
         return AugmentationConfig()
@@ -75,6 +84,8 @@ def augmentation_config(name: str = "default") -> AugmentationConfig:
         return AugmentationConfig(
             border_mask_p=0.3, random_erasing_p=0.2, downscale_p=0.2, jpeg_p=0.3, blur_p=0.1, noise_p=0.2
         )
+    if name == "pipeline-random":
+        return replace(augmentation_config("shortcut-strong"), resample_p=0.7, sharpen_p=0.2, jpeg_p=0.7)
     if name == "shortcut-strong":
         return AugmentationConfig(
             scale_range=(0.95, 1.25),
@@ -136,6 +147,30 @@ def _border_mask_transform(max_fraction: float, p: float) -> Any:
     return BorderMask(max_fraction=max_fraction, p=p)
 
 
+# (down, up) interpolation pairs of common resize-and-save pipelines (area/bilinear/bicubic/Lanczos);
+# A.Downscale alone uses one fixed pair (nearest by default), which no archive uses.
+_RESAMPLE_PAIRS = (("INTER_AREA", "INTER_LINEAR"), ("INTER_AREA", "INTER_CUBIC"), ("INTER_LINEAR", "INTER_LANCZOS4"),
+                   ("INTER_CUBIC", "INTER_CUBIC"), ("INTER_LANCZOS4", "INTER_LINEAR"), ("INTER_AREA", "INTER_LANCZOS4"))
+
+
+def _resample_transform(scale_range: tuple[float, float], p: float) -> Any:
+    """One random resampling round trip: down by a factor in `scale_range`, back up, random filters."""
+    import albumentations as A
+    import cv2
+
+    return A.OneOf(
+        [
+            A.Downscale(
+                scale_range=scale_range,
+                interpolation_pair={"downscale": getattr(cv2, down), "upscale": getattr(cv2, up)},
+                p=1.0,
+            )
+            for down, up in _RESAMPLE_PAIRS
+        ],
+        p=p,
+    )
+
+
 def build_train_augmentation(
     image_size: int,
     mean: Sequence[float],
@@ -179,6 +214,8 @@ def build_train_augmentation(
             ),
         ),
         (c.downscale_p, lambda: A.Downscale(scale_range=(0.5, 0.9), p=c.downscale_p)),
+        (c.resample_p, lambda: _resample_transform(c.resample_scale_range, c.resample_p)),
+        (c.sharpen_p, lambda: A.Sharpen(alpha=(0.1, 0.4), p=c.sharpen_p)),
         (c.jpeg_p, lambda: A.ImageCompression(quality_range=c.jpeg_quality_range, p=c.jpeg_p)),
         (c.blur_p, lambda: A.GaussianBlur(blur_limit=(3, 5), p=c.blur_p)),
         (c.noise_p, lambda: A.GaussNoise(std_range=(0.01, 0.05), per_channel=False, p=c.noise_p)),
