@@ -108,3 +108,24 @@ def test_a_fold_of_several_sources_is_kept_apart_from_the_one_source_fold(tmp_pa
     text = loso.tables(rows)
     one, together = text.split("### Fine-tuned, several sources")
     assert "0.60" in one and "0.70" not in one and "0.70" in together
+
+
+def test_archive_copy_report_classifies_the_same_films_resaved(shared_data: Path) -> None:
+    from hfxray.audit import archive_copy
+    from hfxray.bundle import ROOT as REPO
+    from hfxray.images import load_image
+    from hfxray.inference import Predictor
+
+    predictor = Predictor.from_pretrained(REPO / "hfxray" / "default_model", backend="torch")
+    paths = [str(p) for cls in CLASSES for p in sorted((shared_data / cls).iterdir())[:3]]
+    labels = np.array([CLASSES.index(Path(p).parent.name) for p in paths])
+    pred = predictor.predict_images([load_image(p) for p in paths]).argmax(axis=1)
+    r = loso.archive_copy_report(predictor, {"path": paths, "label": labels.tolist()}, pred, CLASSES)
+
+    # the same films, re-saved by hand, classified one by one
+    copies = np.array([predictor.predict_images([archive_copy(load_image(p))])[0].argmax() for p in paths])
+    assert r["n"] == 9 and r["changed"] == int((copies != pred).sum())
+    assert r["changed_ci95"] == pytest.approx(wilson_interval(r["changed"], 9))
+    assert r["accuracy"] == pytest.approx(float((copies == labels).mean()))
+    for i, cls in enumerate(CLASSES):
+        assert r["per_class"][cls]["called"] == {c: int((copies[labels == i] == j).sum()) for j, c in enumerate(CLASSES)}
