@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,19 +42,33 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.slow
-def test_saved_model_is_the_average_of_the_second_half(shared_data: Path, tmp_path: Path) -> None:
+def test_saved_model_is_the_average_from_the_start_fraction_and_resumes(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "averaged"
-    proc = _train(shared_data, out, "--weight_averaging_start", "0.5")
+    proc = _train(shared_data, out, "--weight_averaging_start", "0.25", "--save_total_limit", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "hfxray.json").read_text())
     steps = max(int(h["step"]) for h in meta["log_history"] if h.get("phase") == "all layers" and "step" in h)
-    assert meta["weight_averaging"] == {"start": 0.5, "steps_averaged": steps - steps // 2}
+    averaged = steps - int(0.25 * steps)  # the steps after the first quarter
+    assert meta["weight_averaging"] == {"start": 0.25, "steps_averaged": averaged}
 
     last = max((out / "checkpoints" / "all-layers").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert json.loads((last / AVERAGED_STATE).read_text())["n_averaged"] == steps - steps // 2
+    assert json.loads((last / AVERAGED_STATE).read_text())["n_averaged"] == averaged
     saved = load_file(out / "model.safetensors")
     assert _max_diff(saved, load_file(last / AVERAGED_WEIGHTS)) == 0.0
     assert _max_diff(saved, load_file(last / "model.safetensors")) > 1e-4  # not the last step's weights
+
+    # Resumed from the first all-layer epoch's checkpoint (half-way, the average already running), the
+    # run continues that average: it ends with as many averaged steps as the whole run, not only the
+    # steps after the restart.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoints", resumed / "checkpoints")
+    shutil.rmtree(resumed / "checkpoints" / "all-layers" / last.name)
+    first = next((resumed / "checkpoints" / "all-layers").glob("checkpoint-*"))
+    assert int(first.name.split("-")[1]) == steps // 2
+    assert json.loads((first / AVERAGED_STATE).read_text())["n_averaged"] == steps // 2 - int(0.25 * steps) > 0
+    proc = _train(shared_data, resumed, "--weight_averaging_start", "0.25", "--resume_from_checkpoint", "last")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((resumed / "hfxray.json").read_text())["weight_averaging"]["steps_averaged"] == averaged
 
 
 def test_out_of_range_start_is_a_one_line_error(shared_data: Path, tmp_path: Path) -> None:
