@@ -109,6 +109,16 @@ def test_card_shows_sources_licences_and_held_out_sources(tmp_path):
     assert "- `bimcv`: BIMCV-COVID19+ research-use terms" in text and "research use only" in text
     assert "| bimcv | 139 | 0.928 [0.870, 0.960] |" in text
     assert "| rsna-nih (seed 42) | 683 | 0.610 [0.570, 0.650] |" in text
+    assert "archive copy" not in text  # no such measurement in these rows: no column for it
+
+    meta["leave_one_source_out"] += [
+        {"source": "seed", "seed": 42, "n": 251, "accuracy": 0.71, "accuracy_ci95": [0.65, 0.77],
+         "archive_copy": {"changed": 133, "n": 251, "changed_rate": 0.53, "changed_ci95": [0.47, 0.59]}},
+    ]
+    text = str(build_model_card(_tiny_model_dir(tmp_path / "model2", meta)))
+    assert "class changed as a 224 px archive copy |" in text
+    assert "| seed (seed 42) | 251 | 0.710 [0.650, 0.770] | - | - | 0.530 [0.470, 0.590] |" in text
+    assert "| rsna-nih (seed 42) | 683 | 0.610 [0.570, 0.650] | - | 0.610 [0.570, 0.650] | not measured |" in text
 
 
 def test_card_renders_from_metadata_and_round_trips(tmp_path):
