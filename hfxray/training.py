@@ -420,8 +420,9 @@ def _train_head(
 def _train_all_layers(
     model: torch.nn.Module, prep: _Prepared, ft_args: FinetuneArguments, training_args: TrainingArguments,
     head_lr: float, work_dir: Path, points: dict[str, str | None], compute_metrics: Any,
-) -> tuple[Trainer, dict[str, Any]]:
-    """Phase 2: all layers, the backbone at a lower rate (discriminative learning rates)."""
+) -> tuple[Trainer, dict[str, float], dict[str, Any] | None]:
+    """Phase 2: all layers, the backbone at a lower rate (discriminative learning rates). Returns the
+    trainer, the two rates, and what weight averaging did (None when it is off)."""
     modeling.set_backbone_trainable(model, True)
     unfrozen_head_lr = head_lr * ft_args.unfrozen_lr_factor
     backbone_lr = unfrozen_head_lr * ft_args.backbone_lr_ratio
@@ -444,10 +445,8 @@ def _train_all_layers(
         sample_weights=prep.weights, callbacks=[averaging] if averaging else None,
     )
     trainer.train(resume_from_checkpoint=points.get("all-layers"))
-    info: dict[str, Any] = {"unfrozen_head_lr": unfrozen_head_lr, "backbone_lr": backbone_lr}
-    if averaging is not None:
-        info["weight_averaging"] = {"start": averaging.start, "steps_averaged": averaging.n_averaged}
-    return trainer, info
+    averaged = None if averaging is None else {"start": averaging.start, "steps_averaged": averaging.n_averaged}
+    return trainer, {"unfrozen_head_lr": unfrozen_head_lr, "backbone_lr": backbone_lr}, averaged
 
 
 def _calibrate_and_validate(model: torch.nn.Module, prep: _Prepared, calibrate: bool) -> dict[str, Any]:
@@ -477,8 +476,8 @@ def _calibrate_and_validate(model: torch.nn.Module, prep: _Prepared, calibrate: 
 
 def _training_metadata(
     base: str, prep: _Prepared, data_args: DataArguments, ft_args: FinetuneArguments,
-    training_args: TrainingArguments, lr_info: dict[str, Any], lower_rates: dict[str, Any],
-    checked: dict[str, Any], history: list[dict[str, Any]], started: float,
+    training_args: TrainingArguments, lr_info: dict[str, Any], lower_rates: dict[str, float],
+    averaged: dict[str, Any] | None, checked: dict[str, Any], history: list[dict[str, Any]], started: float,
 ) -> dict[str, Any]:
     """hfxray.json: what the model is, what it saw (fingerprints, sources, licences), how it did."""
     splits = prep.splits
@@ -515,10 +514,10 @@ def _training_metadata(
         "validation": checked["validation"],
         "validation_by_source": checked["validation_by_source"],
         "balance": {"strategy": data_args.balance, "source_weight_power": data_args.source_weight_power},
-        "weight_averaging": lower_rates.get("weight_averaging"),
+        "weight_averaging": averaged,
         "learning_rates": {
             **lr_info,
-            **{k: v for k, v in lower_rates.items() if k != "weight_averaging"},
+            **lower_rates,
             "head_epochs": ft_args.head_epochs,
             "unfrozen_epochs": training_args.num_train_epochs,
         },
@@ -585,7 +584,7 @@ def run_training(
     head_lr = float(lr_info["head_lr"])
     compute_metrics = _compute_metrics_fn()  # one load of the metric modules for both phases
     history = _train_head(model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics)
-    trainer, lower_rates = _train_all_layers(
+    trainer, lower_rates, averaged = _train_all_layers(
         model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics
     )
     history += [dict(h, phase="all layers") for h in trainer.state.log_history]
@@ -595,7 +594,8 @@ def run_training(
 
     checked = _calibrate_and_validate(model, prep, ft_args.calibrate)
     meta = _training_metadata(
-        base, prep, data_args, ft_args, training_args, lr_info, lower_rates, checked, history, started
+        base, prep, data_args, ft_args, training_args, lr_info, lower_rates, averaged, checked, history,
+        started,
     )
     if ft_args.fit_input_gate:
         meta["gate"] = _fit_gate(model, processor, splits)
