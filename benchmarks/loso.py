@@ -139,6 +139,7 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
     folds = [list(args.holdout)] if args.together else [[s] for s in args.holdout]
     for fold in folds:
         name = "+".join(fold)
+        copies: dict[str, list[Any]] = {}  # source -> its films as archive copies
         for seed in args.seeds:
             out_dir = Path(args.output_dir) / args.choice / f"{name}-seed{seed}"
             if args.reuse and (out_dir / "hfxray.json").exists():
@@ -149,9 +150,12 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             predictor = fold_predictor(out_dir)
             for source in fold:
                 held = ds.select(np.flatnonzero(sources == source).tolist())
-                probs = predictor.predict_images(list(held["image"]), batch_size=32)
-                report = holdout_report(np.asarray(held["label"]), probs.argmax(axis=1), classes)
-                report["archive_copy"] = archive_copy_report(predictor, held, probs.argmax(axis=1), classes)
+                labels = np.asarray(held["label"])
+                pred = predictor.predict_images(list(held["image"]), batch_size=32).argmax(axis=1)
+                report = holdout_report(labels, pred, classes)
+                if source not in copies:  # decoded once per fold, whatever the number of seeds
+                    copies[source] = archive_copies(held["path"])
+                report["archive_copy"] = archive_copy_report(predictor, copies[source], labels, pred, classes)
                 report.update(
                     mode="finetune", choice=args.choice, source=source, fold=name, seed=seed,
                     train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
@@ -161,18 +165,25 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
                 print(format_row(report), flush=True)
 
 
-def archive_copy_report(predictor: Any, held: Any, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """The same held-out films re-saved as a 224 px archive copy (`hfxray.audit.archive_copy`): how
-    often the class changes, and what they are called then. A model that reads the lungs answers
-    alike; one that reads how the film was resized and saved does not (and a doctor's films were
-    resized and saved by somebody else's software)."""
+def archive_copies(paths: Sequence[str]) -> list[Any]:
+    """The films at ``paths`` re-saved as 224 px archive copies (`hfxray.audit.archive_copy`), from the
+    original files (the dataset's cached S x S images have already been through hfxray's own resize)."""
     from hfxray.audit import archive_copy
     from hfxray.images import load_image
 
-    copies = [archive_copy(load_image(path)) for path in held["path"]]
-    pred_copy = predictor.predict_images(copies, batch_size=32).argmax(axis=1)
+    return [archive_copy(load_image(path)) for path in paths]
+
+
+def archive_copy_report(
+    predictor: Any, copies: Sequence[Any], labels: np.ndarray, pred: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """The same held-out films as archive copies (`archive_copies`): how often the class changes, and
+    what they are called then. A model that reads the lungs answers alike; one that reads how the film
+    was resized and saved does not (and a doctor's films were resized and saved by somebody else's
+    software)."""
+    pred_copy = predictor.predict_images(list(copies), batch_size=32).argmax(axis=1)
     changed = int((pred_copy != pred).sum())
-    report = holdout_report(np.asarray(held["label"]), pred_copy, classes)
+    report = holdout_report(labels, pred_copy, classes)
     return {
         "changed": changed, "n": len(pred), "changed_rate": changed / len(pred),
         "changed_ci95": metrics.wilson_interval(changed, len(pred)),
@@ -254,16 +265,17 @@ def fold_of(row: dict[str, Any]) -> str:
     return row.get("fold") or row["source"]
 
 
+def _with_ci(value: float, ci: Sequence[float]) -> str:
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _pct(row: dict[str, Any], key: str) -> str:
-    if row.get(key) is None:
-        return "-"
-    lo, hi = row[f"{key}_ci95"]
-    return f"{row[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+    return "-" if row.get(key) is None else _with_ci(row[key], row[f"{key}_ci95"])
 
 
 def format_row(row: dict[str, Any]) -> str:
     copy = row.get("archive_copy")
-    changed = "-" if not copy else _pct({"c": copy["changed_rate"], "c_ci95": copy["changed_ci95"]}, "c")
+    changed = "-" if not copy else _with_ci(copy["changed_rate"], copy["changed_ci95"])
     return (
         f"| {row['mode']} | {row['choice']} | {row['source']} | {row['seed']} | {row['n']} | "
         f"{_pct(row, 'accuracy')} | {_pct(row, 'covid_sensitivity')} | {_pct(row, 'covid_specificity')} | "

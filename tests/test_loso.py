@@ -120,7 +120,7 @@ def test_archive_copy_report_classifies_the_same_films_resaved(shared_data: Path
     paths = [str(p) for cls in CLASSES for p in sorted((shared_data / cls).iterdir())[:3]]
     labels = np.array([CLASSES.index(Path(p).parent.name) for p in paths])
     pred = predictor.predict_images([load_image(p) for p in paths]).argmax(axis=1)
-    r = loso.archive_copy_report(predictor, {"path": paths, "label": labels.tolist()}, pred, CLASSES)
+    r = loso.archive_copy_report(predictor, loso.archive_copies(paths), labels, pred, CLASSES)
 
     # the same films, re-saved by hand, classified one by one
     copies = np.array([predictor.predict_images([archive_copy(load_image(p))])[0].argmax() for p in paths])
