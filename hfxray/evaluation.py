@@ -47,22 +47,9 @@ def evaluate_folder(
     dataset, bad_files = data.load_image_folder(
         dirs[0] if len(dirs) == 1 else dirs, image_size=predictor.image_size
     )
-    missing = [c for c in group_by if c not in dataset.column_names]
-    if missing:
-        available = [c for c in dataset.column_names if c not in _NOT_GROUPS]
-        raise ValueError(
-            f"cannot group by {', '.join(missing)}: no such column (available: {', '.join(available) or 'none'})"
-        )
+    _check_columns(dataset, group_by)
+    y_true = _labels_in_model_order(dataset, predictor.classes)
     out.mkdir(parents=True, exist_ok=True)
-    folder_classes = dataset.features["label"].names
-    unknown = [c for c in folder_classes if c not in predictor.classes]
-    if unknown:
-        raise ValueError(
-            f"class folder(s) {unknown} are not classes of this model ({predictor.classes}); "
-            "rename the folders to the model's class names"
-        )
-    to_model = np.array([predictor.classes.index(c) for c in folder_classes])
-    y_true = to_model[np.asarray(dataset["label"])]
     images = list(dataset["image"])
     probs, abstain = predictor.predict_images_gated(images)
     result = metrics.classification_report(y_true, probs, predictor.classes)
@@ -71,42 +58,92 @@ def evaluate_folder(
     result["data_dir"] = resolved[0] if len(resolved) == 1 else resolved
     result["skipped_files"] = [asdict(b) for b in bad_files]
     if abstain is not None:
-        n_abstain = sum(1 for w in abstain if w)
-        result["input_gate"] = {
-            "abstained": n_abstain,
-            "n": len(images),
-            "rate": n_abstain / max(len(images), 1),
-        }
+        result["input_gate"] = _abstained(abstain)
     if group_by:
-        result["groups"] = {}
-        for column in group_by:
-            values = [str(v) for v in dataset[column]]
-            per = metrics.classification_report_by_group(y_true, probs, predictor.classes, values)
-            if abstain is not None:
-                for value, rep in per.items():
-                    k = sum(1 for v, w in zip(values, abstain, strict=True) if v == value and w)
-                    rep["input_gate"] = {"abstained": k, "n": rep["n"], "rate": k / rep["n"]}
-            result["groups"][column] = per
+        result["groups"] = {
+            column: _group_reports(
+                y_true, probs, predictor.classes, [str(v) for v in dataset[column]], abstain
+            )
+            for column in group_by
+        }
     result["disclaimer"] = DISCLAIMER
-
-    paths = list(dataset["path"])
-    pred = probs.argmax(axis=1)
     extra = {
         c: [str(v) for v in dataset[c]]
         for c in dict.fromkeys(["source", *group_by])
         if c in dataset.column_names
     }
-    _write_predictions(out / "predictions.csv", paths, y_true, probs, predictor.classes, abstain, extra)
-    report.plot_confusion_matrix(
-        np.asarray(result["confusion_matrix"]), predictor.classes, out / "confusion_matrix.png"
+    _write_predictions(
+        out / "predictions.csv", list(dataset["path"]), y_true, probs, predictor.classes, abstain, extra
     )
-    wrong = [i for i in range(len(paths)) if pred[i] != y_true[i]]
-    wrong.sort(key=lambda i: -probs[i, pred[i]])
+    _write_report(
+        out, result, images, y_true, probs, predictor.classes, title=" + ".join(Path(d).name for d in dirs)
+    )
+    logger.info("wrote %s", out / "report.html")
+    return result
+
+
+def _check_columns(dataset: Any, group_by: Sequence[str]) -> None:
+    """Fail before any prediction when a --group_by column does not exist (a typo costs nothing)."""
+    missing = [c for c in group_by if c not in dataset.column_names]
+    if missing:
+        available = [c for c in dataset.column_names if c not in _NOT_GROUPS]
+        raise ValueError(
+            f"cannot group by {', '.join(missing)}: no such column (available: {', '.join(available) or 'none'})"
+        )
+
+
+def _labels_in_model_order(dataset: Any, model_classes: Sequence[str]) -> np.ndarray:
+    """The folder labels as indices into the model's classes (folders sort alphabetically, the model
+    need not); a folder the model does not know is an error, not a silent mislabel."""
+    folder_classes = dataset.features["label"].names
+    unknown = [c for c in folder_classes if c not in model_classes]
+    if unknown:
+        raise ValueError(
+            f"class folder(s) {unknown} are not classes of this model ({list(model_classes)}); "
+            "rename the folders to the model's class names"
+        )
+    to_model = np.array([list(model_classes).index(c) for c in folder_classes])
+    return to_model[np.asarray(dataset["label"])]
+
+
+def _abstained(abstain: Sequence[Any]) -> dict[str, Any]:
+    n_abstain = sum(1 for w in abstain if w)
+    return {"abstained": n_abstain, "n": len(abstain), "rate": n_abstain / max(len(abstain), 1)}
+
+
+def _group_reports(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    values: Sequence[str],
+    abstain: Sequence[Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """Every metric per value of one column, with how often the input gate abstained there."""
+    per = metrics.classification_report_by_group(y_true, probs, classes, values)
+    if abstain is not None:
+        for value, rep in per.items():
+            rep["input_gate"] = _abstained([w for v, w in zip(values, abstain, strict=True) if v == value])
+    return per
+
+
+def _write_report(
+    out: Path,
+    result: dict[str, Any],
+    images: Sequence[Any],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    title: str,
+) -> None:
+    """Plots, metrics.json and report.html: the confusion matrix, the most confidently wrong films
+    (the original process's "wrongly predicted images") and the reliability diagram."""
+    pred = probs.argmax(axis=1)
+    report.plot_confusion_matrix(
+        np.asarray(result["confusion_matrix"]), classes, out / "confusion_matrix.png"
+    )
+    wrong = sorted((i for i in range(len(pred)) if pred[i] != y_true[i]), key=lambda i: -probs[i, pred[i]])
     report.plot_most_wrong(
-        [
-            (images[i], predictor.classes[y_true[i]], predictor.classes[pred[i]], float(probs[i, pred[i]]))
-            for i in wrong
-        ],
+        [(images[i], classes[y_true[i]], classes[pred[i]], float(probs[i, pred[i]])) for i in wrong],
         out / "most_wrong.png",
     )
     report.plot_reliability(probs, y_true, out / "reliability.png")
@@ -119,14 +156,12 @@ def evaluate_folder(
             "Most confidently wrong": "most_wrong.png",
             "Reliability": "reliability.png",
         },
-        title=f"hfxray evaluation: {' + '.join(Path(d).name for d in dirs)}",
+        title=f"hfxray evaluation: {title}",
         extra_sections={
-            f"By {column} (95% intervals)": report.group_table(per, predictor.classes)
+            f"By {column} (95% intervals)": report.group_table(per, classes)
             for column, per in result.get("groups", {}).items()
         },
     )
-    logger.info("wrote %s", out / "report.html")
-    return result
 
 
 def _write_json(path: Path, obj: Any) -> None:

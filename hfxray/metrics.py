@@ -208,17 +208,8 @@ def classification_report(
     altogether (the confusion matrix keeps every class, so predictions of them stay visible).
     """
     classes = [str(c) for c in classes]
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    p, y = _checked(probs, y_true, len(classes))
     c_count = len(classes)
-    if p.ndim != 2 or p.shape[1] != c_count:
-        raise ValueError(f"probs must have shape (n, {c_count}), got {p.shape}")
-    if p.shape[0] != y.size:
-        raise ValueError(f"probs has {p.shape[0]} rows but y_true has {y.size} labels")
-    if y.size == 0:
-        raise ValueError("cannot report metrics on zero samples")
-    if y.min() < 0 or y.max() >= c_count:
-        raise ValueError(f"labels must lie in [0, {c_count - 1}], got {y.min()}..{y.max()}")
     n = int(y.size)
     preds = p.argmax(axis=1)
     labels = list(range(c_count))
@@ -243,45 +234,9 @@ def classification_report(
 
     per_class: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(classes):
-        tp = int(cm[c, c])
-        fn = int(cm[c, :].sum()) - tp
-        fp = int(cm[:, c].sum()) - tp
-        tn = n - tp - fn - fp
-        n_c = tp + fn
-        if present_only and n_c == 0:
+        if present_only and not (y == c).any():
             continue
-        auroc, a_lo, a_hi = bootstrap_auroc(y == c, p[:, c])
-        entry: dict[str, Any] = {
-            "n": n_c,
-            "sensitivity": _ratio(tp, tp + fn),
-            "sensitivity_ci95": list(wilson_interval(tp, tp + fn)),
-            "specificity": _ratio(tn, tn + fp),
-            "specificity_ci95": list(wilson_interval(tn, tn + fp)),
-            "ppv": _ratio(tp, tp + fp),
-            "ppv_ci95": list(wilson_interval(tp, tp + fp)),
-            "npv": _ratio(tn, tn + fn),
-            "npv_ci95": list(wilson_interval(tn, tn + fn)),
-            # F1 needs recall, which is undefined without a positive example.
-            "f1": float(per_class_f1[c]) if n_c else float("nan"),
-            "auroc": auroc,
-            "auroc_ci95": [a_lo, a_hi],
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
-        }
-        notes = []
-        if n_c == 0:
-            notes.append("class absent from the labels: sensitivity, F1 and AUROC are undefined")
-        elif n_c == n:
-            notes.append("only this class in the labels: specificity and AUROC are undefined")
-        if tp + fp == 0:
-            notes.append("never predicted: PPV is undefined")
-        if tn + fn == 0:
-            notes.append("always predicted: NPV is undefined")
-        if notes:
-            entry["note"] = "; ".join(notes)
-        per_class[name] = entry
+        per_class[name] = _one_vs_rest(cm, c, y == c, p[:, c], float(per_class_f1[c]))
 
     report = {
         "n": n,
@@ -304,6 +259,58 @@ def classification_report(
             + "; macro_f1 is over these classes, undefined per-class metrics are null"
         )
     return _json_safe(report)
+
+
+def _checked(probs: Any, y_true: Any, c_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probs as float64 (n, C), labels as int64 (n,)), or a one-line ValueError saying what is wrong."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    if p.ndim != 2 or p.shape[1] != c_count:
+        raise ValueError(f"probs must have shape (n, {c_count}), got {p.shape}")
+    if p.shape[0] != y.size:
+        raise ValueError(f"probs has {p.shape[0]} rows but y_true has {y.size} labels")
+    if y.size == 0:
+        raise ValueError("cannot report metrics on zero samples")
+    if y.min() < 0 or y.max() >= c_count:
+        raise ValueError(f"labels must lie in [0, {c_count - 1}], got {y.min()}..{y.max()}")
+    return p, y
+
+
+def _one_vs_rest(cm: np.ndarray, c: int, is_c: np.ndarray, score: np.ndarray, f1: float) -> dict[str, Any]:
+    """Class ``c`` against the rest from the confusion matrix, each proportion with its Wilson
+    interval, and a note naming every metric the labels leave undefined (rather than a silent 0)."""
+    n = int(cm.sum())
+    tp = int(cm[c, c])
+    fn = int(cm[c, :].sum()) - tp
+    fp = int(cm[:, c].sum()) - tp
+    tn = n - tp - fn - fp
+    n_c = tp + fn
+    auroc, a_lo, a_hi = bootstrap_auroc(is_c, score)
+    entry: dict[str, Any] = {"n": n_c}
+    for key, k, m in (
+        ("sensitivity", tp, tp + fn),
+        ("specificity", tn, tn + fp),
+        ("ppv", tp, tp + fp),
+        ("npv", tn, tn + fn),
+    ):
+        entry[key] = _ratio(k, m)
+        entry[f"{key}_ci95"] = list(wilson_interval(k, m))
+    # F1 needs recall, which is undefined without a positive example.
+    entry.update(
+        f1=f1 if n_c else float("nan"), auroc=auroc, auroc_ci95=[a_lo, a_hi], tp=tp, fp=fp, fn=fn, tn=tn
+    )
+    notes = []
+    if n_c == 0:
+        notes.append("class absent from the labels: sensitivity, F1 and AUROC are undefined")
+    elif n_c == n:
+        notes.append("only this class in the labels: specificity and AUROC are undefined")
+    if tp + fp == 0:
+        notes.append("never predicted: PPV is undefined")
+    if tn + fn == 0:
+        notes.append("always predicted: NPV is undefined")
+    if notes:
+        entry["note"] = "; ".join(notes)
+    return entry
 
 
 def classification_report_by_group(

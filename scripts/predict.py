@@ -30,6 +30,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from hfxray import DISCLAIMER
 from hfxray.cli import dataclass_parser, fail, parse_into_dataclasses
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("give image files/folders or --dataset (one of the two)", code=2)
 
     from hfxray import batch
-    from hfxray.inference import Predictor, collect_image_paths, physical_cores
+    from hfxray.inference import Predictor, physical_cores
 
     context = batch.process_context()  # imports accelerate only under a multi-process launch
     output = Path(args.output)
@@ -108,23 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         return fail(err, code=2)
 
-    skipped = 0
-    if args.dataset:
-        shard = (args.shard_index, args.num_shards)
-
-        def inputs(ctx: batch.ProcessContext):
-            return batch.dataset_sources(
-                args.dataset, args.split, image_column=args.image_column, shard=shard, context=ctx
-            )
-
-        total = None
-    else:
-        inputs, skipped = collect_image_paths(extra.paths)
-        if not inputs:
-            return fail(
-                f"no supported image files found in {', '.join(extra.paths)} ({skipped} other files skipped)"
-            )
-        total = batch.share_size(len(inputs), (args.shard_index, args.num_shards), context)
+    inputs, total, skipped = _inputs(args, extra.paths, context)
+    if inputs is None:
+        return fail(f"no supported image files found in {', '.join(extra.paths)} ({skipped} other files skipped)")
     try:
         predictor = Predictor.from_pretrained(
             args.model, backend=args.backend, num_threads=context.num_threads(physical_cores())
@@ -166,6 +153,39 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         return fail(err)
 
+    _print_summary(summary, predictor, context, skipped, resume=args.resume)
+    if summary.n_rows and not summary.n_ok:
+        return fail(
+            f"none of the {summary.n_rows} files could be read as an image (see the error column in {summary.output})"
+        )
+    return 0
+
+
+
+def _inputs(args: PredictArguments, paths: list[str], context: Any) -> tuple[Any, int | None, int]:
+    """What to predict: a per-process reader of --dataset rows (length unknown up front: streaming),
+    or the image files under ``paths`` (None when there are none), their count for this process
+    and how many other files were skipped."""
+    from hfxray import batch
+    from hfxray.inference import collect_image_paths
+
+    shard = (args.shard_index, args.num_shards)
+    if args.dataset:
+
+        def inputs(ctx: Any) -> Any:
+            return batch.dataset_sources(
+                args.dataset, args.split, image_column=args.image_column, shard=shard, context=ctx
+            )
+
+        return inputs, None, 0
+    files, skipped = collect_image_paths(paths)
+    if not files:
+        return None, None, skipped
+    return files, batch.share_size(len(files), shard, context), skipped
+
+
+def _print_summary(summary: Any, predictor: Any, context: Any, skipped: int, resume: bool) -> None:
+    """One line per file when there are few, then the totals, the CSV and the disclaimer."""
     classes = predictor.classes
     if summary.n_rows <= len(summary.first_rows):
         for r in summary.first_rows:
@@ -177,18 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{who}predicted {summary.n_ok}/{summary.n_rows} files ({per_class}, input gate abstained on "
         f"{summary.n_abstained}); {summary.n_errors} unreadable, {skipped} non-image files skipped"
-        + (f", {summary.n_skipped_done} already done" if args.resume else "")
+        + (f", {summary.n_skipped_done} already done" if resume else "")
         + f"; backend {predictor.backend}"
     )
     if summary.merged_rows is not None:
         print(f"probabilities for every file ({summary.merged_rows} rows): {summary.output}")
         print(DISCLAIMER)
-    if summary.n_rows and not summary.n_ok:
-        return fail(
-            f"none of the {summary.n_rows} files could be read as an image (see the error column in {summary.output})"
-        )
-    return 0
-
 
 def merge(args: PredictArguments) -> int:
     """--merge: join the shard jobs' CSVs (the classes come from the model, as the columns do)."""

@@ -296,12 +296,31 @@ def _load_one_folder(
     ``num_proc=2`` 11-14 s, because the fork/IPC overhead and the other processes sharing the
     cores eat the gain. Pass ``num_proc`` for large folders on an otherwise idle machine.
     """
-    import datasets
-
     from hfxray import __version__
 
     scan = _scan_folder(data_dir, min_classes=min_classes)
     metadata = read_metadata_table(data_dir)
+    decoded = _listed_files(data_dir, scan).map(
+        _decode_example,
+        fn_kwargs={
+            "image_size": int(image_size),
+            "hfxray_version": __version__,
+            "metadata": metadata or {},
+            "defaults": _metadata_defaults(data_dir),
+            "classes": scan.classes,
+        },
+        features=_decoded_features(scan.classes),
+        num_proc=num_proc,
+        desc=f"Decoding images to {image_size}x{image_size}",
+    )
+    return _set_aside_unreadable(decoded, scan, data_dir)
+
+
+def _listed_files(data_dir: Path, scan: _FolderScan) -> Any:
+    """Every image file of the class folders as undecoded (path, label) rows: `imagefolder` for the
+    formats it knows, plus the DICOM files it does not (same features, concatenated)."""
+    import datasets
+
     features = datasets.Features(
         {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=scan.classes)}
     )
@@ -332,12 +351,18 @@ def _load_one_folder(
         )
     if not parts:
         raise ValueError(f"no image files hfxray reads in {data_dir}")
-    raw = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
-    out_features = datasets.Features(
+
+def _decoded_features(classes: list[str]) -> Any:
+    """What `_decode_example` writes: the S x S image, the label, the file's identity (path, hashes
+    for duplicate groups), the read error if any, and every metadata column."""
+    import datasets
+
+    return datasets.Features(
         {
             "image": datasets.Image(),
-            "label": datasets.ClassLabel(names=scan.classes),
+            "label": datasets.ClassLabel(names=classes),
             "path": datasets.Value("string"),
             "sha256": datasets.Value("string"),
             "phash": datasets.Value("string"),
@@ -346,19 +371,11 @@ def _load_one_folder(
             **{c: datasets.Value("string") for c in METADATA_COLUMNS},
         }
     )
-    decoded = raw.map(
-        _decode_example,
-        fn_kwargs={
-            "image_size": int(image_size),
-            "hfxray_version": __version__,
-            "metadata": metadata or {},
-            "defaults": _metadata_defaults(data_dir),
-            "classes": scan.classes,
-        },
-        features=out_features,
-        num_proc=num_proc,
-        desc=f"Decoding images to {image_size}x{image_size}",
-    )
+
+
+def _set_aside_unreadable(decoded: Any, scan: _FolderScan, data_dir: Path) -> tuple[Any, list[BadFile]]:
+    """Drop the rows whose file could not be read, listing each with its reason (the original
+    process's "corrupted images set aside"); a class left with no readable film is an error."""
     errors = list(decoded["error"])  # datasets 5 returns lazy Columns
     paths = list(decoded["path"])
     bad = {b.path: b for b in scan.unsupported}
