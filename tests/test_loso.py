@@ -38,6 +38,28 @@ def test_holdout_report_counts_what_each_film_was_called() -> None:
     assert "covid_sensitivity" not in only_normal and only_normal["covid_specificity"] == pytest.approx(0.5)
 
 
+def test_holdout_report_gives_the_threshold_free_covid_auroc_when_both_sides_are_there() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 30 + [1] * 20 + [2] * 10)
+    probs = rng.dirichlet([1, 1, 1], size=y.size)
+    probs[y == 0, 0] += rng.uniform(0, 1, 30)  # Covid films lean Covid, imperfectly
+    probs /= probs.sum(axis=1, keepdims=True)
+    r = loso.holdout_report(y, probs.argmax(axis=1), CLASSES, probs)
+    assert r["covid_auroc"] == pytest.approx(roc_auc_score(y == 0, probs[:, 0]))
+    assert r["covid_auroc_ci95"][0] < r["covid_auroc"] < r["covid_auroc_ci95"][1]
+    assert r["covid_auroc_n"] == [30, 30]
+    # the same films all moved towards Covid: more called Covid, the same separation
+    shifted = probs.copy()
+    shifted[:, 0] = 1 - (1 - shifted[:, 0]) ** 3
+    moved = loso.holdout_report(y, shifted.argmax(axis=1), CLASSES, shifted)
+    assert moved["covid_specificity"] < r["covid_specificity"]
+    assert moved["covid_auroc"] == pytest.approx(r["covid_auroc"])
+    one_side = loso.holdout_report(y[y > 0], probs[y > 0].argmax(axis=1), CLASSES, probs[y > 0])
+    assert "covid_auroc" not in one_side and "covid_specificity" in one_side
+
+
 @pytest.fixture(scope="module")
 def two_source_corpus(shared_data: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loso") / "corpus"
