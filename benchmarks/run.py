@@ -398,6 +398,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_inference_sides(
+    results: dict[str, Any], spec: dict[str, Any], work: Path, mode: Mode, fastai_python: str,
+    fastai_skip: dict[str, str] | None,
+) -> None:
+    """Latency and batch throughput of every inference side, each in its own process (so one side's
+    imports and threads cannot slow another), into ``results["latency"]`` and ``results["batch"]``.
+    ``fastai_skip``: why the fastai side is skipped, None when it runs."""
+    for side in INFERENCE_SIDES:
+        if side == "fastai" and fastai_skip:
+            results["latency"][side] = results["batch"][side] = dict(fastai_skip)
+            continue
+        python = fastai_python if side == "fastai" else sys.executable
+        out = run_side(side, spec, work, mode.side_timeout_s, python)
+        if "error" in out:
+            results["latency"][side] = results["batch"][side] = out
+            continue
+        common = {k: out[k] for k in ("backend", "peak_rss_mib", "process_wall_s") if k in out}
+        results["latency"][side] = {**out["latency"], **common}
+        results["batch"][side] = {**out["batch"], **common}
+        if "flops_per_image" in out:
+            results["batch"][side]["flops_per_image"] = out["flops_per_image"]
+
+
+def run_training_sides(
+    results: dict[str, Any], train_spec: dict[str, Any], work: Path, mode: Mode, fastai_python: str,
+    fastai_skip: dict[str, str] | None,
+) -> None:
+    """hfxray's train.py and (unless ``fastai_skip`` says why not) the fastai recipe on the same films
+    and settings."""
+    results["training"]["hfxray"] = run_side("train_hfxray", train_spec, work, mode.side_timeout_s)
+    if fastai_skip:
+        results["training"]["fastai"] = dict(fastai_skip)
+        return
+    out = run_side("train_fastai", train_spec, work, mode.side_timeout_s, fastai_python)
+    if "process_wall_s" in out:  # what a user waits for, imports included, as for train.py
+        out["train_wall_s"] = out["process_wall_s"]
+    results["training"]["fastai"] = out
+
+
+def write_results(results: dict[str, Any], output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = output.with_name(output.name + ".tmp")
+    tmp_out.write_text(json.dumps(results, indent=2))
+    tmp_out.replace(output)  # never leave a half-written results file
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -409,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: data directory not found: {data_dir}", file=sys.stderr)
         return 1
     fastai_available = not args.no_fastai and has_fastai(args.fastai_python)
-    fastai_skip = {"skipped": "fastai not installed: skipped" if not args.no_fastai else "skipped (--no_fastai)"}
+    fastai_skip = None if fastai_available else {
+        "skipped": "fastai not installed: skipped" if not args.no_fastai else "skipped (--no_fastai)"
+    }
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="hfxray-bench-") as tmp:
@@ -458,34 +506,13 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": str(data_dir), "image_size": image_size, "warmup": mode.warmup, "iters": mode.iters,
             "repeats": mode.repeats, "work_dir": str(work),
         }
-        for side in INFERENCE_SIDES:
-            if side == "fastai" and not fastai_available:
-                results["latency"][side] = results["batch"][side] = dict(fastai_skip)
-                continue
-            python = args.fastai_python if side == "fastai" else sys.executable
-            out = run_side(side, spec, work, mode.side_timeout_s, python)
-            if "error" in out:
-                results["latency"][side] = results["batch"][side] = out
-                continue
-            common = {k: out[k] for k in ("backend", "peak_rss_mib", "process_wall_s") if k in out}
-            results["latency"][side] = {**out["latency"], **common}
-            results["batch"][side] = {**out["batch"], **common}
-            if "flops_per_image" in out:
-                results["batch"][side]["flops_per_image"] = out["flops_per_image"]
-
+        run_inference_sides(results, spec, work, mode, args.fastai_python, fastai_skip)
         if args.no_training:
             results["training"] = {side: {"skipped": "skipped (--no_training)"} for side in TRAINING_SIDES}
         else:
             train_spec = {**spec, **train_defaults, "train_dir": str(train_dir),
                           "hfxray_train_args": hfxray_train_args}
-            results["training"]["hfxray"] = run_side("train_hfxray", train_spec, work, mode.side_timeout_s)
-            if fastai_available:
-                out = run_side("train_fastai", train_spec, work, mode.side_timeout_s, args.fastai_python)
-                if "process_wall_s" in out:  # what a user waits for, imports included, as for train.py
-                    out["train_wall_s"] = out["process_wall_s"]
-                results["training"]["fastai"] = out
-            else:
-                results["training"]["fastai"] = dict(fastai_skip)
+            run_training_sides(results, train_spec, work, mode, args.fastai_python, fastai_skip)
 
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - started
@@ -495,10 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in results["headline"]:
         print(line)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_name(args.output.name + ".tmp")
-    tmp_out.write_text(json.dumps(results, indent=2))
-    tmp_out.replace(args.output)  # never leave a half-written results file
+    write_results(results, args.output)
     print(f"\nwrote {args.output} ({results['total_s']:.0f} s)")
     return 0
 
