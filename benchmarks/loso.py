@@ -49,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from hfxray import data, metrics  # noqa: E402
-from hfxray.bundle import DEFAULT_DATA_DIRS, RECIPE_ARGS  # noqa: E402
+from hfxray.bundle import ALL_HELD_OUT, DEFAULT_DATA_DIRS, RECIPE_ARGS  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "out" / "loso"
 RESULTS = REPO_ROOT / "benchmarks" / "loso_results.json"
@@ -59,7 +59,6 @@ END_MARK = "<!-- loso:end -->"
 MIN_FILMS = 25  # a source with fewer films gives an interval too wide to say anything
 COVID = "Covid"
 VIRAL = "Viral Pneumonia"
-ALL_HELD_OUT = "all held out"  # the source column of a together-fold's pooled row
 
 # Sampling choices compared by the probe (name -> balance_weights arguments).
 PROBE_CHOICES: dict[str, dict[str, Any]] = {

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_DATA_DIRS = (SHARED_DATA / "covid19-xray" / "train", SHARED_DATA / "cxr-multisource")
 LOSO_RESULTS = ROOT / "benchmarks" / "loso_results.json"
+ALL_HELD_OUT = "all held out"  # benchmarks/loso.py's source name for a together-fold's pooled row
 # Non-chest medical images for the input gate (issue 10), beside the training data.
 NOT_CXR_DIR = SHARED_DATA / "not-cxr"
 
@@ -103,13 +104,19 @@ def attach_leave_one_source_out(out: Path, results: Path = LOSO_RESULTS) -> int:
 
     if not results.is_file():
         return 0
-    rows = [
+    recipe_rows = [
         {k: r[k] for k in r if k not in ("per_class", "recipe")}
         for r in json.loads(results.read_text())["rows"]
         if r.get("mode") == "finetune" and tuple(r.get("recipe") or ()) == RECIPE_ARGS
-        and r.get("fold", r["source"]) == r["source"]  # one-source folds only: the card's table
     ]
-    hub.update_metadata(out, leave_one_source_out=sorted(rows, key=lambda r: (r["source"], r["seed"])))
+    rows = [r for r in recipe_rows if r.get("fold", r["source"]) == r["source"]]  # one-source folds
+    # A fold holding several sources out together: its pooled row (all its held-out films at once).
+    together = [r for r in recipe_rows if r["source"] == ALL_HELD_OUT and r.get("fold")]
+    hub.update_metadata(
+        out,
+        leave_one_source_out=sorted(rows, key=lambda r: (r["source"], r["seed"])),
+        leave_sources_out_together=sorted(together, key=lambda r: (r["fold"], r["seed"])),
+    )
     return len(rows)
 
 

@@ -297,35 +297,42 @@ def _section_sources(meta: dict[str, Any]) -> list[str]:
             "",
         ]
     loso = meta.get("leave_one_source_out")
+    together = meta.get("leave_sources_out_together")
     if isinstance(loso, list) and loso:
-        lines += _section_loso([r for r in loso if isinstance(r, dict)])
+        lines += _section_loso(
+            [r for r in loso if isinstance(r, dict)],
+            [r for r in together if isinstance(r, dict)] if isinstance(together, list) else None,
+        )
     return lines
 
 
-def _section_loso(rows: list[dict[str, Any]]) -> list[str]:
-    """The held-out-source table; with `benchmarks/loso.py`'s archive-copy measurement, a column for it."""
+def _section_loso(rows: list[dict[str, Any]], together: list[dict[str, Any]] | None = None) -> list[str]:
+    """The held-out-source table; with `benchmarks/loso.py`'s archive-copy measurement and threshold-free
+    AUROC, a column for each; then the fold that holds every minor source out at once (`together`)."""
     copies = any(isinstance(r.get("archive_copy"), dict) for r in rows)
+    aurocs = any(r.get("covid_auroc") is not None for r in rows)
 
     def copy_cell(r: dict[str, Any]) -> str:
         c = r.get("archive_copy")
         return _with_ci(c.get("changed_rate"), c.get("changed_ci95")) if isinstance(c, dict) else NOT_MEASURED
 
+    def cells(r: dict[str, Any], keys: tuple[str, ...]) -> str:
+        # "-": the held-out films include none of that kind (not a missing measurement)
+        return " | ".join(_with_ci(r[k], r.get(f"{k}_ci95")) if r.get(k) is not None else "-" for k in keys)
+
+    keys = ("accuracy", "covid_sensitivity", "covid_specificity", *(("covid_auroc",) if aurocs else ()))
     lines = [
         "## Held-out sources (leave-one-source-out)",
         "",
         "The honest proxy for films from another hospital: the same recipe trained *without* a source, "
-        "then tested on it (`benchmarks/loso.py`). Wilson 95% intervals.",
+        "then tested on it (`benchmarks/loso.py`). Wilson 95% intervals (bootstrap for AUROC).",
         "",
         "| held-out source | n | accuracy | called Covid (Covid films) | called not Covid (other films) |"
+        + (" Covid AUROC (threshold-free) |" if aurocs else "")
         + (" class changed as a 224 px archive copy |" if copies else ""),
-        "| --- | --- | --- | --- | --- |" + (" --- |" if copies else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- |" if aurocs else "") + (" --- |" if copies else ""),
         *(
-            f"| {r.get('source')} (seed {r.get('seed')}) | {r.get('n')} | "
-            + " | ".join(
-                # "-": the source has no films of that kind (not a missing measurement)
-                _with_ci(r[key], r.get(f"{key}_ci95")) if r.get(key) is not None else "-"
-                for key in ("accuracy", "covid_sensitivity", "covid_specificity")
-            )
+            f"| {r.get('source')} (seed {r.get('seed')}) | {r.get('n')} | {cells(r, keys)}"
             + (f" | {copy_cell(r)}" if copies else "")
             + " |"
             for r in rows
@@ -334,10 +341,28 @@ def _section_loso(rows: list[dict[str, Any]]) -> list[str]:
     ]
     if copies:
         lines += [
-            "Last column: the same held-out films re-saved the way a 224 px public archive stores films "
-            "(grey, squashed to 224 x 224, Lanczos, JPEG 92), and how often their class changes. On films "
-            "from a place it never saw, the answer can depend on the software that resized and saved the "
-            "film as much as on the lungs.",
+            "Archive-copy column: the same held-out films re-saved the way a 224 px public archive stores "
+            "films (grey, squashed to 224 x 224, Lanczos, JPEG 92), and how often their class changes. On "
+            "films from a place it never saw, the answer can depend on the software that resized and saved "
+            "the film as much as on the lungs.",
+            "",
+        ]
+    if together:
+        lines += [
+            "### New hospitals: several sources held out at once",
+            "",
+            "The recipe trained without all of these sources together (the large archives kept, as for a "
+            "hospital this model has never seen), then tested on all their films at once. The AUROC says how "
+            "well P(Covid) ranks unseen Covid films above unseen others, wherever the decision line falls.",
+            "",
+            "| held out together | n | accuracy | called Covid (Covid films) | called not Covid (other films) "
+            "| Covid AUROC (threshold-free) |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *(
+                f"| {', '.join(str(r.get('fold', '')).split('+'))} (seed {r.get('seed')}) | {r.get('n')} | "
+                f"{cells(r, ('accuracy', 'covid_sensitivity', 'covid_specificity', 'covid_auroc'))} |"
+                for r in together
+            ),
             "",
         ]
     return lines

@@ -120,6 +120,23 @@ def test_card_shows_sources_licences_and_held_out_sources(tmp_path):
     assert "| seed (seed 42) | 251 | 0.710 [0.650, 0.770] | - | - | 0.530 [0.470, 0.590] |" in text
     assert "| rsna-nih (seed 42) | 683 | 0.610 [0.570, 0.650] | - | 0.610 [0.570, 0.650] | not measured |" in text
 
+    meta["leave_one_source_out"][1].update(covid_auroc=0.92, covid_auroc_ci95=[0.88, 0.95])
+    meta["leave_sources_out_together"] = [
+        {"source": "all held out", "fold": "cxnet-spain+seed", "seed": 43, "n": 359, "accuracy": 0.68,
+         "accuracy_ci95": [0.64, 0.73], "covid_sensitivity": 0.79, "covid_sensitivity_ci95": [0.73, 0.84],
+         "covid_specificity": 0.74, "covid_specificity_ci95": [0.67, 0.81], "covid_auroc": 0.88,
+         "covid_auroc_ci95": [0.85, 0.91]},
+    ]
+    text = str(build_model_card(_tiny_model_dir(tmp_path / "model3", meta)))
+    assert "| Covid AUROC (threshold-free) | class changed as a 224 px archive copy |" in text
+    assert "| seed (seed 42) | 251 | 0.710 [0.650, 0.770] | - | - | 0.920 [0.880, 0.950] | 0.530 [0.470, 0.590] |" in text
+    assert "| rsna-nih (seed 42) | 683 | 0.610 [0.570, 0.650] | - | 0.610 [0.570, 0.650] | - | not measured |" in text
+    assert "### New hospitals: several sources held out at once" in text
+    assert (
+        "| cxnet-spain, seed (seed 43) | 359 | 0.680 [0.640, 0.730] | 0.790 [0.730, 0.840] | "
+        "0.740 [0.670, 0.810] | 0.880 [0.850, 0.910] |"
+    ) in text
+
 
 def test_card_renders_from_metadata_and_round_trips(tmp_path):
     model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())

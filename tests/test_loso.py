@@ -110,11 +110,15 @@ def test_only_rows_of_the_bundled_recipe_reach_the_model(tmp_path: Path) -> None
         {**base, "source": "c", "recipe": [*RECIPE_ARGS, "--num_train_epochs", "9"]},
         {**base, "source": "d", "mode": "probe", "recipe": list(RECIPE_ARGS)},
         {**base, "source": "a", "fold": "a+e", "recipe": list(RECIPE_ARGS)},  # held out with another source
+        {**base, "source": loso.ALL_HELD_OUT, "fold": "a+e", "recipe": list(RECIPE_ARGS)},  # that fold pooled
+        {**base, "source": loso.ALL_HELD_OUT, "fold": "a+e", "recipe": [*RECIPE_ARGS, "--image_size", "128"]},
     ]}))
     assert attach_leave_one_source_out(tmp_path, results) == 2
     meta = read_metadata(tmp_path)
     assert [r["source"] for r in meta["leave_one_source_out"]] == ["a", "b"]
     assert "per_class" not in meta["leave_one_source_out"][0] and meta["classes"] == CLASSES
+    # the pooled row of the several-sources fold goes to its own table, other recipes' rows nowhere
+    assert [(r["fold"], r["source"]) for r in meta["leave_sources_out_together"]] == [("a+e", loso.ALL_HELD_OUT)]
 
 
 def test_a_fold_of_several_sources_is_kept_apart_from_the_one_source_fold(tmp_path: Path) -> None:
