@@ -160,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=REPO_ROOT / "benchmarks" / "pipeline_probe_results.json"
     )
     args = parser.parse_args(argv)
-    for name in args.preprocessing:
-        preprocessing(name)  # a typo fails here, before minutes of decoding
+    try:
+        for name in args.preprocessing:
+            preprocessing(name)  # a typo fails here, before minutes of decoding
+        if not (args.data_dir[1] / "metadata.csv").is_file() or not args.data_dir[0].is_dir():
+            raise ValueError(f"expected the seed folder and cxr-multisource (with metadata.csv): {args.data_dir}")
+    except ValueError as err:
+        parser.error(str(err))
 
     from hfxray.inference import Predictor
     from hfxray.modeling import offline_backbone_dir
