@@ -8,12 +8,15 @@ The in-source validation split says how well a model recognises films like its t
 doctor's films come from somewhere else. For each held-out source this trains on every *other*
 source and reports what the model calls the held-out films: accuracy, the share of a Covid
 source's films called Covid (sensitivity), the share of a normal source's films called not Covid
-(specificity), with Wilson 95 % intervals and n.
+(specificity), with Wilson 95 % intervals and n; where the held-out films include Covid and other
+films, also the threshold-free AUROC of P(Covid) (bootstrap interval), which a moved decision line
+cannot fake.
 
 ``--together`` holds every ``--holdout`` source out in one fold instead: with the minor sources
 held out together and the dominant archives (bimcv, rsna-nih, kermany) kept, the fold is shaped
 like the bundled model meeting new hospitals, which one-source folds of a dominant archive (that
-leave a class with a dozen adult films) are not.
+leave a class with a dozen adult films) are not. Such a fold also gets a pooled row (source
+``all held out``): all its held-out films at once, Covid from one source against normals from another.
 
 Two modes:
 - ``finetune`` (the headline): the library's own command, ``scripts/train.py --exclude_sources S``
@@ -167,6 +170,11 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
                 seconds = train_fold(args.data_dir, fold, seed, out_dir, args.train_args)
             meta = json.loads((out_dir / "hfxray.json").read_text())
             predictor = fold_predictor(out_dir)
+            fold_row = dict(
+                mode="finetune", choice=args.choice, fold=name, seed=seed,
+                train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
+                recipe=[*RECIPE_ARGS, *args.train_args],
+            )
             pooled: list[tuple[np.ndarray, np.ndarray]] = []
             for source in fold:
                 held = ds.select(np.flatnonzero(sources == source).tolist())
@@ -178,11 +186,6 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
                 if source not in copies:  # decoded once per fold, whatever the number of seeds
                     copies[source] = archive_copies(held["path"])
                 report["archive_copy"] = archive_copy_report(predictor, copies[source], labels, pred, classes)
-                fold_row = dict(
-                    mode="finetune", choice=args.choice, fold=name, seed=seed,
-                    train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
-                    recipe=[*RECIPE_ARGS, *args.train_args],
-                )
                 report.update(fold_row, source=source)
                 save_row(report, args.results)
                 print(format_row(report), flush=True)
