@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import io
 import json
 import platform
 import sys
@@ -44,26 +43,19 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from hfxray.audit import archive_copy  # noqa: E402
+from hfxray.audit import archive_copy, jpeg_recompress  # noqa: E402
 from hfxray.bundle import DEFAULT_DATA_DIRS  # noqa: E402
 from hfxray.images import load_image  # noqa: E402
+from hfxray.preprocessing import FastProcessor  # noqa: E402
 
 SOURCES_ABOVE_224 = ("kermany", "cxnet-spain", "chexpert", "shenzhen")
 CHILDREN = ("kermany", "covid19-xray")
 PREPROCESSING = ("bilinear-224", "lanczos-224", "bilinear-160", "bilinear-128", "lowpass-112")
 
 
-def jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    with Image.open(buf) as out:
-        return out.convert("RGB")
-
-
 def other_export(image: Image.Image) -> Image.Image:
     """A second plausible hospital export, unlike `archive_copy`: box filter, 256 px, JPEG 80."""
-    return jpeg(image.convert("L").resize((256, 256), Image.Resampling.BOX), 80)
+    return jpeg_recompress(image.convert("L").resize((256, 256), Image.Resampling.BOX), 80)
 
 
 def preprocessing(name: str) -> Callable[[Image.Image], Image.Image]:
@@ -102,15 +94,18 @@ def features(
     images: list[Image.Image], prep: Callable[[Image.Image], Image.Image], extractor: Any
 ) -> np.ndarray:
     """Penultimate ImageNet EfficientNet-Lite0 features after ``prep`` and the backbone's own
-    rescale/normalise table (no further resize: ``prep`` fixed the size)."""
-    table = extractor.fast_processor.table
+    rescale/normalise table (no further resize: ``prep`` fixed the size, so the table is applied by a
+    `FastProcessor` of that size)."""
+    backbone = extractor.fast_processor
+    fast: FastProcessor | None = None
     out = []
     for start in range(0, len(images), 64):
         batch = []
         for image in images[start : start + 64]:
-            grey = np.asarray(prep(image).convert("RGB"))
-            batch.append(np.stack([table[c][grey[..., c]] for c in range(3)]))
-        _, feats = extractor._forward(np.stack(batch).astype(np.float32))
+            resized = prep(image).convert("RGB")
+            fast = fast or FastProcessor(resized.width, backbone.resample, backbone.table)
+            batch.append(fast.to_array(resized))
+        _, feats = extractor._forward(np.stack(batch))
         out.append(np.asarray(feats))
     return np.concatenate(out)
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pipeline_probe  # noqa: E402
 
+from hfxray.audit import jpeg_recompress  # noqa: E402
 from hfxray.images import load_image  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def test_probe_reads_a_visible_export_and_not_an_identical_copy(shared_data: Pat
     versions = {
         "as_stored": films,
         "archive_copy": list(films),  # the same pixels: nothing to read
-        "other_export": [pipeline_probe.jpeg(f, 5) for f in films],  # blocky JPEG 5: obvious
+        "other_export": [jpeg_recompress(f, 5) for f in films],  # blocky JPEG 5: obvious
     }
     extractor = Predictor.from_pretrained(offline_backbone_dir("efficientnet-lite0"), backend="torch")
     row = pipeline_probe.probe("bilinear-224", versions, classes, np.arange(len(films)), extractor)
