@@ -111,7 +111,7 @@ def attach_leave_one_source_out(out: Path, results: Path = LOSO_RESULTS) -> int:
     ]
     rows = [r for r in recipe_rows if r.get("fold", r["source"]) == r["source"]]  # one-source folds
     # A fold holding several sources out together: its pooled row (all its held-out films at once).
-    together = [r for r in recipe_rows if r["source"] == ALL_HELD_OUT and r.get("fold")]
+    together = [r for r in recipe_rows if r["source"] == ALL_HELD_OUT]
     hub.update_metadata(
         out,
         leave_one_source_out=sorted(rows, key=lambda r: (r["source"], r["seed"])),
