@@ -239,13 +239,11 @@ def imagenet_features(ds: Any, cache: Path) -> np.ndarray:
     from hfxray.modeling import offline_backbone_dir
 
     predictor = Predictor.from_pretrained(offline_backbone_dir("efficientnet-lite0"), backend="torch")
-    feats = []
     images = ds["image"]
-    for start in range(0, len(ds), 64):
-        batch = [images[i] for i in range(start, min(start + 64, len(ds)))]
-        _, f = predictor._forward(predictor.preprocess(batch))
-        feats.append(np.asarray(f))
-    out = np.concatenate(feats).astype(np.float32)
+    out = np.concatenate([
+        predictor.features_pixel_values(predictor.preprocess([images[i] for i in range(start, min(start + 64, len(ds)))]))
+        for start in range(0, len(ds), 64)
+    ])
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out

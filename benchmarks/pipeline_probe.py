@@ -105,8 +105,7 @@ def features(
             resized = prep(image).convert("RGB")
             fast = fast or FastProcessor(resized.width, backbone.resample, backbone.table)
             batch.append(fast.to_array(resized))
-        _, feats = extractor._forward(np.stack(batch))
-        out.append(np.asarray(feats))
+        out.append(extractor.features_pixel_values(np.stack(batch)))
     return np.concatenate(out)
 
 

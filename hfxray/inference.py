@@ -415,6 +415,19 @@ class Predictor:
             out[sl] = self._forward(pixel_values[sl])[0]
         return out
 
+    def features_pixel_values(self, pixel_values: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """(n, D) float32 penultimate features of already-preprocessed inputs, in batches: what the input
+        gate reads, and what frozen-feature probes (benchmarks) fit on. ValueError when the model gives
+        none (an ONNX export older than the gate, or a head that is not one Linear layer)."""
+        pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        out = []
+        for sl in _batches(len(pixel_values), batch_size):
+            features = self._forward(pixel_values[sl])[1]
+            if features is None:
+                raise ValueError(f"the model in {self.model_dir} gives no penultimate features; re-export model.onnx")
+            out.append(np.asarray(features, dtype=np.float32))
+        return np.concatenate(out) if out else np.empty((0, 0), dtype=np.float32)
+
     def predict_logits(self, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Logits (n, C) float32; for calibration and audits, which need the pre-softmax values."""
         images = list(images)
@@ -452,9 +465,7 @@ class Predictor:
         """(n, D) penultimate features and the gate's image checks (with statistics) of decoded images,
         from this predictor's own preprocessing and forward pass: what the input gate is fitted on."""
         prepared = [self._prepare_image(im) for im in images]
-        _, features = self._forward(np.stack([p.pixels for p in prepared]))
-        if features is None:
-            raise ValueError(f"the model in {self.model_dir} gives no penultimate features; re-export model.onnx")
+        features = self.features_pixel_values(np.stack([p.pixels for p in prepared]), batch_size=len(prepared))
         return features, [p.checks for p in prepared]
 
     def predict_images_gated(

@@ -132,8 +132,8 @@ def test_onnx_exports_gate_features_matching_torch(onnx_model_dir, held_out_imag
     ort_pred = Predictor.from_pretrained(onnx_model_dir, backend="onnx")
     torch_pred = Predictor.from_pretrained(onnx_model_dir, backend="torch")
     x = ort_pred.preprocess(held_out_images[:3])
-    _, f_ort = ort_pred._forward(x)
-    _, f_torch = torch_pred._forward(x)
+    f_ort = ort_pred.features_pixel_values(x)
+    f_torch = torch_pred.features_pixel_values(x)
     assert f_ort.shape == f_torch.shape == (3, torch_pred.model.timm_model.num_features)
     np.testing.assert_allclose(f_ort, f_torch, rtol=1e-3, atol=1e-4)
 
