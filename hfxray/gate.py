@@ -16,7 +16,11 @@ slice, noise, a scanned letter. The gate asks two separate questions (issue 10):
      CT, MRI, ultrasound, fundus, skin, histology) and generated negatives (noise, text pages,
      photos, blank, gradient and checkerboard images). Its threshold is chosen on *held-out*
      groups (each source / kind scored by a classifier that never saw it). The runtime check is
-     numpy only: a dot product and a sigmoid, from coefficients stored as JSON lists.
+     numpy only: a dot product and a sigmoid, from coefficients stored as JSON lists;
+   * an **orientation check** (gates fitted since model v3's refit): a chest film on its side or
+     upside down is refused with that reason ("turn it upright"), because the model reads films
+     upright only. A logistic regression P(upright) on the 16 x 16 layout, fitted by turning the
+     chest films themselves (:func:`hfxray.gate_fit.fit_orientation`), threshold from held-out sources.
 
 2. **Is this film unlike those the model was trained on?** If so, the model still **answers**
    (class and probabilities) and warns that it was not validated on films like it
@@ -89,6 +93,7 @@ NO_STATS_WARNING = (
     "so only the colour and simple checks ran"
 )
 NOT_CHEST_TEXT = "not a frontal chest radiograph"
+NOT_UPRIGHT_TEXT = "the film looks turned on its side or upside down"
 UNFAMILIAR_TEXT = "unlike the films this model was trained on"
 
 
@@ -115,6 +120,7 @@ class GateResult:
     threshold: float | None = None  # its threshold (v2: warn above; v1: refuse above)
     chest_score: float | None = None  # v2: the chest-film classifier's probability
     chest_threshold: float | None = None
+    upright_score: float | None = None  # v2 with an orientation check: P(upright) from the layout
     unfamiliar: bool = False  # v2: answered, but far from every training source
     nearest_source: str | None = None
 
@@ -310,6 +316,45 @@ def read_gate(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     return meta.get("gate") or None
 
 
+def turned_layouts(layouts: np.ndarray) -> list[np.ndarray]:
+    """(n, 256) layouts of the same images turned each way a film can arrive wrongly: a quarter turn
+    either way, a half turn, flipped top to bottom. The layout is of the S x S square input, so turning
+    its grid is turning the image (the square resize commutes with the turn; the z-score is unchanged)."""
+    grids = np.asarray(layouts, dtype=np.float64).reshape(-1, LAYOUT_SIDE, LAYOUT_SIDE)
+    turns = (np.rot90(grids, 1, (1, 2)), np.rot90(grids, 3, (1, 2)), np.rot90(grids, 2, (1, 2)), grids[:, ::-1, :])
+    return [t.reshape(len(grids), -1) for t in turns]
+
+
+class OrientationCheck:
+    """Is a chest film upright? The stored logistic regression's logit for upright (on the layout),
+    compared with its logit for the same film turned each other way: a film counts as upright when it
+    looks more upright as it is than any turn of it would (score = sigmoid of that margin). Why the
+    comparison and not the logit alone: a film with a dark band at its foot, or a bright abdomen, can
+    look a little upside down on its own, yet its turned copies look far worse (docs/gate.md)."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.mean = _floats(stats["scaler_mean"])
+        self.scale = _floats(stats["scaler_scale"])
+        self.coef = _floats(stats["coef"])
+        self.intercept = float(stats["intercept"])
+        self.threshold = float(stats.get("threshold", 0.5))
+        if not (self.mean.shape == self.scale.shape == self.coef.shape == (len(LAYOUT_STAT_NAMES),)):
+            raise ValueError("the gate's orientation check has inconsistent lengths")
+
+    def _logit(self, layouts: np.ndarray) -> np.ndarray:
+        return ((layouts - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def score_layouts(self, layouts: np.ndarray) -> np.ndarray:
+        """P(upright rather than turned) per row of layouts."""
+        layouts = np.atleast_2d(np.asarray(layouts, dtype=np.float64))
+        others = np.max([self._logit(t) for t in turned_layouts(layouts)], axis=0)
+        return _sigmoid(self._logit(layouts) - others)
+
+    def score(self, stats: np.ndarray) -> np.ndarray:
+        """:meth:`score_layouts` of rows of :data:`IMAGE_STAT_NAMES` values."""
+        return self.score_layouts(np.atleast_2d(np.asarray(stats, dtype=np.float64))[:, len(SCALAR_STAT_NAMES) :])
+
+
 class InputGate:
     """Decides, per image, whether to refuse, answer, or answer with a warning (module docstring).
 
@@ -329,6 +374,7 @@ class InputGate:
         self.processor = processor
         self.image_size = image_size or (_processor_size(processor) if processor is not None else None)
         self.chest: ChestClassifier | None = None
+        self.orientation: OrientationCheck | None = None
         self.familiarity: SourceDistance | None = None
         self.threshold: float | None = None
         self.max_coloured_share = DEFAULT_MAX_COLOURED_SHARE
@@ -337,6 +383,8 @@ class InputGate:
         method = self.stats.get("method")
         if method == GATE_METHOD_V2:
             self.chest = ChestClassifier(self.stats["chest"])
+            if self.stats.get("orientation"):  # gates fitted before it have none: no orientation check
+                self.orientation = OrientationCheck(self.stats["orientation"])
             if self.stats.get("familiarity"):
                 self.familiarity = SourceDistance(self.stats["familiarity"])
                 self.threshold = self.familiarity.threshold
@@ -453,10 +501,20 @@ class InputGate:
             return
         score = float(self.chest.score(features, stats)[0])
         result.chest_score, result.chest_threshold = score, self.chest.threshold
+        orientation = self.orientation if stats is not None else None
+        upright = None if orientation is None else float(orientation.score(stats)[0])
+        result.upright_score = upright
+        turned = orientation is not None and upright is not None and upright < orientation.threshold
         if score < self.chest.threshold:
+            hint = f"; if it is a chest film, {NOT_UPRIGHT_TEXT}" if turned else ""
             result.refusals.append(
                 f"{NOT_CHEST_TEXT} (chest-film score {score:.2f}, needs {self.chest.threshold:.2f}); "
-                "upload a frontal (PA or AP) chest X-ray"
+                f"upload a frontal (PA or AP) chest X-ray{hint}"
+            )
+        elif turned:
+            result.refusals.append(
+                f"{NOT_UPRIGHT_TEXT} (upright score {upright:.2f}, needs {orientation.threshold:.2f}); "
+                "the model reads films upright only: turn it so that the neck is at the top and upload it again"
             )
         if self.familiarity is None:
             return

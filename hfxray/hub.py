@@ -418,6 +418,25 @@ def _section_audit(meta: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _orientation_line(gate: dict[str, Any]) -> list[str]:
+    """The orientation check's bullet (gates fitted before it have none)."""
+    orientation = gate.get("orientation") if isinstance(gate.get("orientation"), dict) else None
+    if orientation is None:
+        return []
+    held = orientation.get("held_out") if isinstance(orientation.get("held_out"), dict) else {}
+
+    def span(measure: str) -> str:
+        shares = [r["share"] for r in held.values() if isinstance(r, dict) and r.get("measure") == measure]
+        return f"{min(shares):.1%}-{max(shares):.1%}" if shares else NOT_MEASURED
+
+    return [
+        "- **A chest film on its side or upside down -> refused**, with that reason (turn it upright): a "
+        "logistic regression on the 16 x 16 layout, fitted by turning the training films, comparing the film "
+        f"as it is with its turned copies; threshold {_fmt(orientation.get('threshold'))}. Sources held out: "
+        f"upright films accepted {span('accepted')}, turned films refused {span('refused')} (per group).",
+    ]
+
+
 def _section_gate(meta: dict[str, Any]) -> list[str]:
     """The input gate: what is refused, what is answered with a warning, and its held-out numbers."""
     gate = meta.get("gate") if isinstance(meta.get("gate"), dict) else {}
@@ -443,6 +462,7 @@ def _section_gate(meta: dict[str, Any]) -> list[str]:
         f"other images (other body parts, CT, MRI, ultrasound, fundus, skin, histology, generated noise, "
         f"text, photos, blank/gradient/checkerboard images); threshold {_fmt(chest.get('threshold'))} "
         "chosen on held-out sources and kinds.",
+        *_orientation_line(gate),
         f"- **Unlike the training films -> answered with a warning**: distance to the nearest training source "
         f"({', '.join(familiarity.get('sources') or []) or NOT_MEASURED}) above "
         f"{_fmt(familiarity.get('threshold'))}.",

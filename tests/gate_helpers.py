@@ -39,7 +39,11 @@ def fit_small_gate(predictor: Any, *, per_group: int = 12, generated_per_kind: i
     items += [it for it in gf.negative_items(NOT_CXR) if it.source not in HELD_OUT]
     items = gf._cap_groups(items, per_group, seed=0) + gf.generated_items(generated_per_kind, seed=1)
     data = gf.gather_gate_data(predictor, items)
-    return gf.fit_gate_from_data(data, n_splits=4)
+    stats = gf.fit_gate_from_data(data, n_splits=4)
+    # the orientation check needs no model pass: more films for it cost seconds, not minutes
+    films = gf._cap_groups([it for it in gf.chest_items(SEED) + gf.chest_items(MULTI) if it.source not in HELD_OUT], 40, seed=0)
+    stats["orientation"] = gf.fit_orientation(gf.orientation_data(films, predictor.image_size))
+    return stats
 
 
 def gated_model_dir(bundled: Path, out: Path) -> Path:
