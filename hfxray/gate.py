@@ -121,6 +121,7 @@ class GateResult:
     chest_score: float | None = None  # v2: the chest-film classifier's probability
     chest_threshold: float | None = None
     upright_score: float | None = None  # v2 with an orientation check: P(upright) from the layout
+    turn_back: int | None = None  # looks turned: the `turn` that would make it upright
     unfamiliar: bool = False  # v2: answered, but far from every training source
     nearest_source: str | None = None
 
@@ -316,13 +317,33 @@ def read_gate(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     return meta.get("gate") or None
 
 
+def turn(array: np.ndarray, which: int) -> np.ndarray:
+    """Turn ``which`` (0: a quarter turn counter-clockwise, 1: clockwise, 2: a half turn, 3: flipped top to
+    bottom) applied to the last two axes (rows, columns) of ``array``: a layout grid, or the model's
+    (3, S, S) input. On the square S x S input, turning the array is turning the image (the square resize
+    commutes with the turn), so the gate can try a film the other way up without decoding it again."""
+    axes = (array.ndim - 2, array.ndim - 1)
+    if which == 3:
+        return np.flip(array, axis=axes[0])
+    return np.rot90(array, (1, 3, 2)[which], axes=axes)
+
+
+N_TURNS = 4
+
+
 def turned_layouts(layouts: np.ndarray) -> list[np.ndarray]:
-    """(n, 256) layouts of the same images turned each way a film can arrive wrongly: a quarter turn
-    either way, a half turn, flipped top to bottom. The layout is of the S x S square input, so turning
-    its grid is turning the image (the square resize commutes with the turn; the z-score is unchanged)."""
+    """(n, 256) layouts of the same images turned each way a film can arrive wrongly (:func:`turn`);
+    the z-score is unchanged by a turn."""
     grids = np.asarray(layouts, dtype=np.float64).reshape(-1, LAYOUT_SIDE, LAYOUT_SIDE)
-    turns = (np.rot90(grids, 1, (1, 2)), np.rot90(grids, 3, (1, 2)), np.rot90(grids, 2, (1, 2)), grids[:, ::-1, :])
-    return [t.reshape(len(grids), -1) for t in turns]
+    return [turn(grids, which).reshape(len(grids), -1) for which in range(N_TURNS)]
+
+
+def turned_stats(stats: np.ndarray, which: int) -> np.ndarray:
+    """:data:`IMAGE_STAT_NAMES` values of the image turned by ``which``: the scalar statistics do not
+    change with a turn (spread, roughness across and along, colour, entropy), the layout turns."""
+    stats = np.asarray(stats, dtype=np.float64)
+    first = len(SCALAR_STAT_NAMES)
+    return np.concatenate([stats[:first], turned_layouts(stats[first:])[which][0]])
 
 
 class OrientationCheck:
@@ -352,7 +373,16 @@ class OrientationCheck:
 
     def score(self, stats: np.ndarray) -> np.ndarray:
         """:meth:`score_layouts` of rows of :data:`IMAGE_STAT_NAMES` values."""
-        return self.score_layouts(np.atleast_2d(np.asarray(stats, dtype=np.float64))[:, len(SCALAR_STAT_NAMES) :])
+        return self.score_layouts(self._layouts(stats))
+
+    def best_turn(self, stats: np.ndarray) -> int:
+        """The :func:`turn` that makes one image (its :data:`IMAGE_STAT_NAMES` values) look most upright."""
+        layouts = self._layouts(stats)[:1]
+        return int(np.argmax([self._logit(t)[0] for t in turned_layouts(layouts)]))
+
+    @staticmethod
+    def _layouts(stats: np.ndarray) -> np.ndarray:
+        return np.atleast_2d(np.asarray(stats, dtype=np.float64))[:, len(SCALAR_STAT_NAMES) :]
 
 
 class InputGate:
@@ -505,17 +535,15 @@ class InputGate:
         upright = None if orientation is None else float(orientation.score(stats)[0])
         result.upright_score = upright
         turned = orientation is not None and upright is not None and upright < orientation.threshold
-        if score < self.chest.threshold:
-            hint = f"; if it is a chest film, {NOT_UPRIGHT_TEXT}" if turned else ""
+        if turned:
+            result.turn_back = orientation.best_turn(stats)
+        if score < self.chest.threshold:  # a turned chest film among these: see needs_turned_check
             result.refusals.append(
                 f"{NOT_CHEST_TEXT} (chest-film score {score:.2f}, needs {self.chest.threshold:.2f}); "
-                f"upload a frontal (PA or AP) chest X-ray{hint}"
+                "upload a frontal (PA or AP) chest X-ray"
             )
         elif turned:
-            result.refusals.append(
-                f"{NOT_UPRIGHT_TEXT} (upright score {upright:.2f}, needs {orientation.threshold:.2f}); "
-                "the model reads films upright only: turn it so that the neck is at the top and upload it again"
-            )
+            result.refusals.append(self._turned_text(result))
         if self.familiarity is None:
             return
         dist, nearest = self.familiarity.nearest(features)
@@ -527,6 +555,29 @@ class InputGate:
                 f"extra caution (feature distance {result.distance:.2f} to the nearest training source "
                 f"'{nearest[0]}', above {self.familiarity.threshold:.2f})"
             )
+
+    def _turned_text(self, result: GateResult) -> str:
+        assert self.orientation is not None and result.upright_score is not None
+        return (
+            f"{NOT_UPRIGHT_TEXT} (upright score {result.upright_score:.2f}, needs {self.orientation.threshold:.2f}); "
+            "the model reads films upright only: turn it so that the neck is at the top and upload it again"
+        )
+
+    def needs_turned_check(self, result: GateResult) -> bool:
+        """Refused as not a chest film but looks turned: worth one more look the other way up
+        (:meth:`confirm_turned`), since the chest-film classifier learnt chest films upright."""
+        return result.turn_back is not None and result.chest_score is not None and (
+            self.chest is not None and result.chest_score < self.chest.threshold
+        )
+
+    def confirm_turned(self, result: GateResult, features: np.ndarray, stats: np.ndarray) -> None:
+        """If the image turned back (its ``features`` and ``stats`` after :func:`turn` by
+        ``result.turn_back``) is a chest film, the refusal becomes "turned on its side or upside down":
+        a doctor is told to turn the film, not that it is no chest film."""
+        assert self.chest is not None
+        if float(self.chest.score(np.asarray(features).reshape(1, -1), stats)[0]) < self.chest.threshold:
+            return
+        result.refusals = [r for r in result.refusals if not r.startswith(NOT_CHEST_TEXT)] + [self._turned_text(result)]
 
 
 # ------------------------------------------------------------------------------------------

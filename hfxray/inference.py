@@ -91,7 +91,7 @@ class _Prepared:
     """One file made ready for the model in a worker thread: decoded, resized, normalised."""
 
     pixels: np.ndarray | None = None  # (3, S, S) float32 pixel values
-    checks: tuple[list[str], list[str]] | None = None  # the input gate's image checks (blocking, notes)
+    checks: Any = None  # the input gate's ImageChecks (blocking, notes, image statistics)
     error: str | None = None
 
 
@@ -459,7 +459,24 @@ class Predictor:
             self.gate.check(None, features=None if features is None else features[i], image_checks=p.checks)
             for i, p in enumerate(prepared)
         ]
+        self._recheck_turned(prepared, verdicts, session)
         return softmax(logits), verdicts
+
+    def _recheck_turned(self, prepared: Sequence[_Prepared], verdicts: list[Any], session: Any) -> None:
+        """Inputs refused as "not a chest film" that look turned get one more forward pass, turned back:
+        when that is a chest film the refusal says "turn it upright" instead (rare: only such inputs)."""
+        from hfxray.gate import turn, turned_stats
+
+        again = [i for i, v in enumerate(verdicts) if self.gate.needs_turned_check(v)]
+        if not again:
+            return
+        pixels = np.stack([np.ascontiguousarray(turn(prepared[i].pixels, verdicts[i].turn_back)) for i in again])
+        _, features = self._forward(pixels, session)
+        if features is None:
+            return
+        for row, i in enumerate(again):
+            stats = turned_stats(prepared[i].checks.stats, verdicts[i].turn_back)
+            self.gate.confirm_turned(verdicts[i], features[row], stats)
 
     def gate_inputs(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[Any]]:
         """(n, D) penultimate features and the gate's image checks (with statistics) of decoded images,

@@ -50,6 +50,7 @@ import gradio as gr
 from PIL import Image
 
 from hfxray import DISCLAIMER, __version__
+from hfxray.gate import NOT_UPRIGHT_TEXT
 from hfxray.images import MAX_BYTES, ImageReadError, load_image
 from hfxray.inference import Predictor
 from hfxray.prediction_csv import csv_columns, csv_record
@@ -63,6 +64,7 @@ NO_HEATMAP_NOTE = (
     "come from ONNX Runtime as usual; install torch to see where the model looked."
 )
 REFUSED_TEXT = "Not a frontal chest radiograph"
+TURNED_TEXT = "Film turned on its side or upside down"  # refused by the gate's orientation check
 ABSTAIN_TEXT = REFUSED_TEXT  # the earlier name
 UNFAMILIAR_TEXT = "Unfamiliar film"
 NO_FILE_TEXT = "No file"  # the result headline when Analyse is pressed with nothing uploaded
@@ -95,14 +97,18 @@ class FileResult:
         if self.error:
             return "No result: the file could not be read"
         if self.abstained:
-            return REFUSED_TEXT
+            return self._refusal_title()
         return f"{self.predicted} ({self.probs[self.predicted]:.0%})"
+
+    def _refusal_title(self) -> str:
+        """Why no class, in a few words: a chest film that is only turned is told so, not "not a chest film"."""
+        return TURNED_TEXT if (self.refused or "").startswith(NOT_UPRIGHT_TEXT) else REFUSED_TEXT
 
     def label_value(self) -> dict[str, float] | str | None:
         """gr.Label value: probabilities only when the model answers."""
         if self.error:
             return None
-        return REFUSED_TEXT if self.abstained else dict(self.probs)
+        return self._refusal_title() if self.abstained else dict(self.probs)
 
     def markdown(self) -> str:
         text = f"### {self.headline}\n"

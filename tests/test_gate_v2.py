@@ -113,7 +113,7 @@ def test_an_unseen_adult_film_is_accepted(predictor, small_gate):
 
 
 @pytest.mark.parametrize("kind", ["rotated-90", "rotated-270", "upside-down", "flipped-top-bottom"])
-def test_a_turned_chest_film_is_refused_with_its_reason(predictor, small_gate, kind):
+def test_a_turned_chest_film_is_refused_with_its_reason(predictor, small_gate, gated_copy, kind):
     """An unseen adult film on its side or upside down gets no class, and the user is told to turn it;
     the same film upright, or mirrored left-right (still upright), is answered."""
     gate = InputGate(small_gate, image_size=predictor.image_size)
@@ -123,8 +123,41 @@ def test_a_turned_chest_film_is_refused_with_its_reason(predictor, small_gate, k
         assert verdict.ok, verdict.refusals
         assert verdict.upright_score >= small_gate["orientation"]["threshold"]
     verdict = _verdict(predictor, gate, gf.turned(film, kind))
-    assert not verdict.ok and NOT_UPRIGHT_TEXT in verdict.refused, verdict.refused
-    assert verdict.upright_score < small_gate["orientation"]["threshold"]
+    assert not verdict.ok and verdict.upright_score < small_gate["orientation"]["threshold"]
+    # through the Predictor (the small gate in a model directory): the refusal names the turn, even where
+    # the chest-film classifier alone refused the turned film (it gets a second look turned back)
+    _, refused = Predictor.from_pretrained(gated_copy).predict_images_gated([gf.turned(film, kind)])
+    assert refused[0] and refused[0].startswith(NOT_UPRIGHT_TEXT), refused[0]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3])
+def test_turning_the_input_array_is_turning_the_image(predictor, which):
+    """What lets the gate look at a film the other way up without decoding it again."""
+    from hfxray.gate import turn
+
+    film = load_image(ADULT_FILM, draft_size=224, grey=True)
+    image_way = [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_180,
+                 Image.Transpose.FLIP_TOP_BOTTOM][which]
+    turned_image = predictor.preprocess([film.transpose(image_way)])[0]
+    turned_array = turn(predictor.preprocess([film])[0], which)
+    assert np.abs(turned_image - turned_array).mean() < 0.02  # resampling differences only
+
+
+def test_predictor_tells_a_turned_film_from_a_non_chest_image(bundled_model_dir):
+    """Through the bundled model and its gate: films turned any way are refused *as turned* (even where
+    the chest-film classifier alone refused them: they get a second look turned back), upright and
+    mirrored films are answered, and a knee film stays "not a frontal chest radiograph"."""
+    predictor = Predictor.from_pretrained(bundled_model_dir)
+    assert predictor.gate.orientation is not None  # `make model` fits it with the gate
+    film = load_image(ADULT_FILM, draft_size=224, grey=True)
+    images = [film, gf.turned(film, "mirrored"), *(gf.turned(film, k) for k in gf.ORIENTATION_KINDS)]
+    images.append(load_image(KNEE, draft_size=224, grey=True))
+    probs, refused = predictor.predict_images_gated(images)
+    assert refused[0] is None and refused[1] is None
+    for reason in refused[2:-1]:
+        assert reason and reason.startswith(NOT_UPRIGHT_TEXT), reason
+    assert refused[-1] and refused[-1].startswith(NOT_CHEST_TEXT)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # probabilities stay visible
 
 
 def test_orientation_check_is_measured_on_held_out_sources(small_gate):

@@ -13,7 +13,7 @@ from skimage import data
 
 from hfxray import DISCLAIMER
 from hfxray.prediction_csv import csv_columns
-from hfxray.space_app import ABSTAIN_TEXT, parse_auth, spawn_server
+from hfxray.space_app import ABSTAIN_TEXT, TURNED_TEXT, parse_auth, spawn_server
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,19 @@ def test_a_colour_photo_is_refused(client, tmp_path):
     assert "colour photograph" in result and "colour photograph" not in warnings  # refusal apart from warnings
     assert not label.get("confidences")  # no class probabilities for an abstention
     assert heatmap is not None  # the heatmap is still shown, to see what the model looked at
+
+
+def test_an_upside_down_film_is_refused_with_its_reason(client, shared_data, tmp_path):
+    """A chest film uploaded upside down gets no class and is told to be turned, not "not a chest film"."""
+    path = _radiographs(shared_data, 2)[1]
+    upside_down = tmp_path / f"upside-down{path.suffix}"
+    Image.open(path).rotate(180).save(upside_down)
+    label, _, result, warnings = client.predict(handle_file(str(upside_down)), api_name="/predict")
+    assert TURNED_TEXT in result and ABSTAIN_TEXT not in result and DISCLAIMER in result
+    assert "turn it so that the neck is at the top" in result and "upside down" not in warnings
+    assert not label.get("confidences")
+    label, _, result, _ = client.predict(handle_file(str(path)), api_name="/predict")  # the same film upright
+    assert label.get("confidences") and TURNED_TEXT not in result
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
