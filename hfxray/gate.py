@@ -120,7 +120,7 @@ class GateResult:
     threshold: float | None = None  # its threshold (v2: warn above; v1: refuse above)
     chest_score: float | None = None  # v2: the chest-film classifier's probability
     chest_threshold: float | None = None
-    upright_score: float | None = None  # v2 with an orientation check: P(upright) from the layout
+    upright_score: float | None = None  # v2 with an orientation check: upright rather than turned (0-1)
     turn_back: int | None = None  # looks turned: the `turn` that would make it upright
     unfamiliar: bool = False  # v2: answered, but far from every training source
     nearest_source: str | None = None
@@ -564,10 +564,13 @@ class InputGate:
         )
 
     def needs_turned_check(self, result: GateResult) -> bool:
-        """Refused as not a chest film but looks turned: worth one more look the other way up
-        (:meth:`confirm_turned`), since the chest-film classifier learnt chest films upright."""
-        return result.turn_back is not None and result.chest_score is not None and (
-            self.chest is not None and result.chest_score < self.chest.threshold
+        """Refused only as not a chest film, but looks turned: worth one more look the other way up
+        (:meth:`confirm_turned`), since the chest-film classifier learnt chest films upright. Inputs the
+        image checks refused (colour, size, uniform) get none: turning would not change those."""
+        return (
+            result.turn_back is not None
+            and bool(result.refusals)
+            and all(r.startswith(NOT_CHEST_TEXT) for r in result.refusals)
         )
 
     def confirm_turned(self, result: GateResult, features: np.ndarray, stats: np.ndarray) -> None:

@@ -523,6 +523,7 @@ class OrientationData:
     upright: np.ndarray
     group: np.ndarray
     source: np.ndarray
+    film: np.ndarray  # which film a row was made from (its turned copies share it)
 
 
 def orientation_data(chest: Sequence[GateItem], image_size: int, *, seed: int = 0) -> OrientationData:
@@ -539,6 +540,7 @@ def orientation_data(chest: Sequence[GateItem], image_size: int, *, seed: int = 
     labels: list[int] = []
     groups: list[str] = []
     sources: list[str] = []
+    films: list[int] = []
     for item in chest:
         if item.label != 1:
             continue
@@ -552,14 +554,18 @@ def orientation_data(chest: Sequence[GateItem], image_size: int, *, seed: int = 
         for kind in ORIENTATION_KINDS:
             wrong = turned(film, kind)
             variants.append((_padded(wrong, rng) if rng.random() < 0.5 else wrong, 0, kind))
+        number = films[-1] + 1 if films else 0  # this film's number among the readable ones
         for image, label, group in variants:
             rows.append(checker.image_checks(image).stats[first:])
             labels.append(label)
             groups.append(group)
             sources.append(source)
+            films.append(number)
     if not rows:
         raise ValueError("no readable chest films for the orientation check")
-    return OrientationData(np.asarray(rows), np.asarray(labels), np.asarray(groups), np.asarray(sources))
+    return OrientationData(
+        np.asarray(rows), np.asarray(labels), np.asarray(groups), np.asarray(sources), np.asarray(films)
+    )
 
 
 def _orientation_numbers(clf: Any) -> dict[str, Any]:
@@ -574,15 +580,18 @@ def _orientation_numbers(clf: Any) -> dict[str, Any]:
 
 def orientation_held_out_scores(data: OrientationData, *, C: float = ORIENTATION_C) -> np.ndarray:
     """Runtime scores (:class:`hfxray.gate.OrientationCheck`) of every row from a model fitted without its
-    film's source (GroupKFold over sources, at most 5 folds)."""
+    film's source (GroupKFold over sources, at most 5 folds; over films when there is one source)."""
     from sklearn.model_selection import GroupKFold
 
-    n_sources = len(np.unique(data.source))
-    if n_sources < 2:
-        raise ValueError("the orientation check needs chest films of at least 2 sources to hold one out")
+    # Held out by source; with one source only (a single training folder), by film, a fifth at a time,
+    # as the chest-film classifier does.
+    groups = data.source if len(np.unique(data.source)) > 1 else data.film % 5
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError("the orientation check needs at least 2 readable chest films")
     held = np.empty(len(data.upright), dtype=np.float64)
-    cv = GroupKFold(n_splits=min(5, n_sources))
-    for train, test in cv.split(data.layouts, data.upright, groups=data.source):
+    cv = GroupKFold(n_splits=min(5, n_groups))
+    for train, test in cv.split(data.layouts, data.upright, groups=groups):
         fold = make_classifier(C).fit(data.layouts[train], data.upright[train])
         held[test] = runtime.OrientationCheck(_orientation_numbers(fold)).score_layouts(data.layouts[test])
     return held

@@ -171,10 +171,13 @@ def test_orientation_check_is_measured_on_held_out_sources(small_gate):
         assert row["share"] >= 0.8, (group, row)  # chance is 0.5; docs/gate.md has the full-size numbers
 
 
-def test_orientation_needs_two_sources():
-    items = [gf.GateItem(str(ADULT_FILM), ADULT_FILM.name, 1, "chest:cxnet-spain")]
-    with pytest.raises(ValueError, match="at least 2 sources"):
-        gf.fit_orientation(gf.orientation_data(items, 224))
+def test_orientation_from_one_source_is_held_out_by_film():
+    """A single training folder (one source) still gets an orientation check, held out film by film."""
+    films = [it for it in gf.chest_items(ADULT_FILM.parent.parent) if "cxnet-spain" in it.group][:10]
+    fitted = gf.fit_orientation(gf.orientation_data(films, 224))
+    assert fitted["held_out"]["upright:cxnet-spain"]["n"] == 20
+    with pytest.raises(ValueError, match="at least 2 readable chest films"):
+        gf.fit_orientation(gf.orientation_data(films[:1], 224))
 
 
 def test_gate_without_orientation_still_answers(predictor, small_gate):
