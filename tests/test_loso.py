@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import loso  # noqa: E402
+from corpus_helpers import source_corpus  # noqa: E402
 
 from hfxray.metrics import wilson_interval  # noqa: E402
 
@@ -63,18 +62,7 @@ def test_holdout_report_gives_the_threshold_free_covid_auroc_when_both_sides_are
 @pytest.fixture(scope="module")
 def two_source_corpus(shared_data: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loso") / "corpus"
-    rows = []
-    for cls in CLASSES:
-        (root / cls).mkdir(parents=True)
-        for i, film in enumerate(sorted((shared_data / cls).iterdir())[:8]):
-            name = f"{cls}/{i}{film.suffix.lower()}"
-            shutil.copy(film, root / name)
-            rows.append({"file_name": name, "source": "site-a" if i % 2 else "site-b"})
-    with (root / "metadata.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file_name", "source"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return source_corpus(shared_data, root, CLASSES, 8, lambda i: "site-a" if i % 2 else "site-b")
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import seed_average  # noqa: E402
+from corpus_helpers import source_corpus  # noqa: E402
 
 from hfxray.images import load_image  # noqa: E402
 from hfxray.inference import Predictor  # noqa: E402
@@ -29,19 +29,7 @@ CLASSES = ["Covid", "Normal", "Viral Pneumonia"]
 @pytest.fixture(scope="module")
 def corpus(shared_data: Path, tmp_path_factory) -> Path:
     """Four real films per class, one source named "site-a"."""
-    root = tmp_path_factory.mktemp("seed_average") / "corpus"
-    rows = []
-    for cls in CLASSES:
-        (root / cls).mkdir(parents=True)
-        for i, film in enumerate(sorted((shared_data / cls).iterdir())[:4]):
-            name = f"{cls}/{i}{film.suffix.lower()}"
-            shutil.copy(film, root / name)
-            rows.append({"file_name": name, "source": "site-a"})
-    with (root / "metadata.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file_name", "source"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return source_corpus(shared_data, tmp_path_factory.mktemp("seed_average") / "corpus", CLASSES, 4, lambda i: "site-a")
 
 
 @pytest.fixture(scope="module")
