@@ -253,7 +253,7 @@ def table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="decodes per film and rule; the best counts")
     parser.add_argument("--upscaled", type=int, default=36, help="films enlarged to stand for hospital files")
@@ -263,28 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    started = time.time()
-    cpu0 = time.process_time()
-    load0 = os.getloadavg()[0]
-    predictor = Predictor.from_pretrained(MODEL_DIR, backend="onnx", num_threads=1)
-    films = {name: jpeg_films(root) for name, root in SETS.items()}
-    rng = random.Random(args.seed)
-    if args.limit:
-        films = {k: sorted(rng.sample(v, min(args.limit, len(v)))) for k, v in films.items()}
 
-    results: dict[str, Any] = {
+def results_header(args: argparse.Namespace, argv: list[str] | None, image_size: int) -> dict[str, Any]:
+    """What the run was, on what, and how it measures: the JSON's fixed part."""
+    return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "command": "HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/draft_scale.py "
         + " ".join(argv or sys.argv[1:]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
-            "load_avg_start": load0,
+            "load_avg_start": os.getloadavg()[0],
         },
         "model": str(MODEL_DIR.relative_to(REPO_ROOT)),
-        "image_size": predictor.image_size,
+        "image_size": image_size,
         "method": (
             "CPU ms = time.process_time, one thread, best of repeats per film, median over films; "
             "decode = load_image's JPEG path with draft keeping both sides >= factor * S (today 2, candidate 1), "
@@ -298,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "sets": {},
     }
+
+
+def measure_sets(films: dict[str, list[Path]], args: argparse.Namespace, predictor: Any, results: dict[str, Any]) -> None:
+    """Both decode rules on every film of every set (plus the enlarged stand-ins), into ``results``."""
     with tempfile.TemporaryDirectory(prefix="hfxray_draft_") as tmp:
         if args.upscaled:
             source = jpeg_films(SETS["cxr-multisource"])
@@ -314,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         # the ~400 real films the two rules decode differently, both shared sets together
         results["agreement_real_films"] = agreement(real_rows, predictor)
 
+
+def batch_ceiling_estimate(results: dict[str, Any]) -> dict[str, Any]:
+    """The batch profile's ceiling on paper if the candidate rule's saving were taken (not measured end to end)."""
     cov = results["sets"]["covid19-xray/train"]
     saved = cov["saved_ms_median_of_differences"]
     # this run's machine speed relative to the profile's: its decode 5.6 ms vs today's decode here
     scaled = round(saved * 5.6 / cov["today"]["median_decode_ms"], 3)
-    results["batch_ceiling_estimate"] = {
+    return {
         "profile_core_ms_before": 17.3,
         "saved_core_ms_per_film_this_run": saved,
         "saved_core_ms_per_film_scaled_to_profile": scaled,
@@ -332,16 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         "on covid19-xray/train (decode 5.6 ms); the saving is this run's median per-film difference on the same "
         "films, taken as is and scaled by 5.6 / this run's decode ms (the machine ran slower here)",
     }
-    results["adopted"] = False
-    results["why_not_adopted"] = (
-        "the bundled model was trained on today's pixels; adopting needs it retrained on the new pixels "
-        "and the leave-one-source-out folds rerun, which this session did not do"
-    )
-    results["cpu_s_total"] = round(time.process_time() - cpu0, 1)
-    results["wall_s"] = round(time.time() - started, 1)
-    results["machine"]["load_avg_end"] = os.getloadavg()[0]
-    results["table"] = table(results)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def print_summary(results: dict[str, Any], output: Path) -> None:
     print("\n".join(results["table"]))
     b = results["batch_ceiling_estimate"]
     print(
@@ -352,7 +346,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"'{UPSCALED}': {results['upscaled_note']}")
     print(f"Not adopted: {results['why_not_adopted']}.")
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    cpu0 = time.process_time()
+    predictor = Predictor.from_pretrained(MODEL_DIR, backend="onnx", num_threads=1)
+    films = {name: jpeg_films(root) for name, root in SETS.items()}
+    rng = random.Random(args.seed)
+    if args.limit:
+        films = {k: sorted(rng.sample(v, min(args.limit, len(v)))) for k, v in films.items()}
+    results = results_header(args, argv, predictor.image_size)
+    measure_sets(films, args, predictor, results)
+    results["batch_ceiling_estimate"] = batch_ceiling_estimate(results)
+    results["adopted"] = False
+    results["why_not_adopted"] = (
+        "the bundled model was trained on today's pixels; adopting needs it retrained on the new pixels "
+        "and the leave-one-source-out folds rerun, which this session did not do"
+    )
+    results["cpu_s_total"] = round(time.process_time() - cpu0, 1)
+    results["wall_s"] = round(time.time() - started, 1)
+    results["machine"]["load_avg_end"] = os.getloadavg()[0]
+    results["table"] = table(results)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    print_summary(results, args.output)
     return 0
 
 
