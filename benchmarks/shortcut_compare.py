@@ -294,7 +294,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The arguments and the configuration names, every wrong name or folder a usage error."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}"
@@ -313,60 +314,66 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse", action="store_true", help="keep a finished model directory instead of retraining"
     )
     args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    data_dir = args.data_dir.resolve()
-    if not data_dir.is_dir():
-        p.error(f"data folder {data_dir} does not exist")
+    args.data_dir = args.data_dir.resolve()
+    if not args.data_dir.is_dir():
+        p.error(f"data folder {args.data_dir} does not exist")
+    return args, names
+
+
+def previous_results(json_path: Path) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier run by configuration name (one JSON accumulates the whole comparison)."""
+    if not json_path.exists():
+        return {}
+    try:
+        return {r["name"]: r for r in json.loads(json_path.read_text()).get("results", [])}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+
+
+def run_config(name: str, args: argparse.Namespace, runs: Path, previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Train (or reuse) one configuration and audit it on its held-out split; a failure is a row with ``error``."""
+    flags, description = CONFIGS[name]
+    flags = flags + (QUICK_FLAGS if args.quick else [])
+    run_dir = runs / name
+    model_dir = run_dir / "model"
+    try:
+        if args.reuse and (model_dir / "hfxray.json").exists():
+            wall_s = float(previous.get(name, {}).get("train_wall_s") or 0.0)
+            print(f"[{name}] reusing {model_dir}", flush=True)
+        else:
+            wall_s = train(name, flags, args.data_dir, model_dir, args.seed, run_dir / "train.log")
+        meta = json.loads((model_dir / "hfxray.json").read_text())
+        n_val = rebuild_validation_folder(meta, args.data_dir, run_dir / "validation")
+        print(f"[{name}] trained in {wall_s / 60:.1f} min; auditing {n_val} held-out images", flush=True)
+        result = audit(model_dir, run_dir / "validation", run_dir / "audit", meta)
+        return summarise(name, flags, description, meta, result, wall_s)
+    except (RuntimeError, ValueError, OSError) as err:
+        print(f"[{name}] failed: {err}", file=sys.stderr, flush=True)
+        return {"name": name, "flags": flags, "description": description, "error": str(err).splitlines()[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, names = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = (args.out_dir or DEFAULT_OUT).resolve()
     runs = out / ("shortcut_compare_quick" if args.quick else "shortcut_compare")
     json_path = args.json or (runs / "shortcut_compare.json" if args.quick else out / "shortcut_compare.json")
-
+    previous = previous_results(json_path)
     payload: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
-        "data_dir": os.path.relpath(data_dir, REPO_ROOT),
+        "data_dir": os.path.relpath(args.data_dir, REPO_ROOT),
         "seed": args.seed,
         "quick": args.quick,
-        "results": [],
+        # rows of configurations not rerun this time are kept
+        "results": [r for n, r in previous.items() if n not in names and not args.quick],
     }
-    # Keep rows of configurations not rerun this time (one JSON accumulates the whole comparison).
-    previous_rows: dict[str, dict[str, Any]] = {}
-    if json_path.exists():
-        try:
-            previous_rows = {r["name"]: r for r in json.loads(json_path.read_text()).get("results", [])}
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            previous_rows = {}
-    payload["results"] = [r for n, r in previous_rows.items() if n not in names and not args.quick]
-
     for name in names:
-        flags, description = CONFIGS[name]
-        flags = flags + (QUICK_FLAGS if args.quick else [])
-        run_dir = runs / name
-        model_dir = run_dir / "model"
-        try:
-            if args.reuse and (model_dir / "hfxray.json").exists():
-                wall_s = float(previous_rows.get(name, {}).get("train_wall_s") or 0.0)
-                print(f"[{name}] reusing {model_dir}", flush=True)
-            else:
-                wall_s = train(name, flags, data_dir, model_dir, args.seed, run_dir / "train.log")
-            meta = json.loads((model_dir / "hfxray.json").read_text())
-            n_val = rebuild_validation_folder(meta, data_dir, run_dir / "validation")
-            print(f"[{name}] trained in {wall_s / 60:.1f} min; auditing {n_val} held-out images", flush=True)
-            result = audit(model_dir, run_dir / "validation", run_dir / "audit", meta)
-            row = summarise(name, flags, description, meta, result, wall_s)
-        except (RuntimeError, ValueError, OSError) as err:
-            print(f"[{name}] failed: {err}", file=sys.stderr, flush=True)
-            row = {
-                "name": name,
-                "flags": flags,
-                "description": description,
-                "error": str(err).splitlines()[0],
-            }
+        row = run_config(name, args, runs, previous)
         payload["results"] = [r for r in payload["results"] if r.get("name") != name] + [row]
         payload["results"].sort(key=lambda r: list(CONFIGS).index(r["name"]) if r["name"] in CONFIGS else 99)
         write_json(json_path, payload)
