@@ -99,7 +99,7 @@ def orientation_holdout(chest_dirs: list[str], image_size: int, seed: int) -> di
         test = data.source == source
         threshold = gf.choose_threshold(held[~test], none[~test], data.upright[~test], data.group[~test])
         correct[test] = gf.group_correct(held[test], none[test], data.upright[test], threshold)
-    return gf._group_shares(correct, data.upright, data.group)
+    return gf.group_shares(correct, data.upright, data.group)
 
 
 def film_holdout(data: gf.GateData, source: str, threshold: float, *, C: float, feature_weight: float) -> dict:

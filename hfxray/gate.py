@@ -244,7 +244,23 @@ def _floats(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-class ChestClassifier:
+class _StoredLogisticRegression:
+    """A standardised logistic regression stored as JSON lists (the numbers of scikit-learn's
+    ``StandardScaler`` + ``LogisticRegression``, written by :mod:`hfxray.gate_fit`): numpy only."""
+
+    def __init__(self, stats: dict[str, Any], n_inputs: int, name: str) -> None:
+        self.mean = _floats(stats["scaler_mean"])
+        self.scale = _floats(stats["scaler_scale"])
+        self.coef = _floats(stats["coef"])
+        self.intercept = float(stats["intercept"])
+        if not (self.mean.shape == self.scale.shape == self.coef.shape == (n_inputs,)):
+            raise ValueError(f"the gate's {name} has inconsistent lengths")
+
+    def _logit(self, inputs: np.ndarray) -> np.ndarray:
+        return ((inputs - self.mean) / self.scale) @ self.coef + self.intercept
+
+
+class ChestClassifier(_StoredLogisticRegression):
     """The stored logistic regression: P(frontal chest film | features, image statistics)."""
 
     def __init__(self, stats: dict[str, Any]) -> None:
@@ -253,14 +269,9 @@ class ChestClassifier:
         if unknown:
             raise ValueError(f"unknown image statistics in the gate: {sorted(unknown)}")
         self._stat_index = [IMAGE_STAT_NAMES.index(n) for n in self.image_stat_names]
-        self.mean = _floats(stats["scaler_mean"])
-        self.scale = _floats(stats["scaler_scale"])
-        self.coef = _floats(stats["coef"])
-        self.intercept = float(stats["intercept"])
         self.threshold = float(stats["threshold"])
         self.dim = int(stats["feature_dim"])
-        if not (self.mean.shape == self.scale.shape == self.coef.shape == (self.dim + len(self._stat_index),)):
-            raise ValueError("the gate's chest classifier has inconsistent lengths")
+        super().__init__(stats, self.dim + len(self._stat_index), "chest classifier")
 
     def inputs(self, features: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
         """(n, D + k) classifier inputs: features followed by the chosen image statistics."""
@@ -276,8 +287,7 @@ class ChestClassifier:
 
     def score(self, features: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
         """P(frontal chest film) per row."""
-        z = ((self.inputs(features, stats) - self.mean) / self.scale) @ self.coef + self.intercept
-        return _sigmoid(z)
+        return _sigmoid(self._logit(self.inputs(features, stats)))
 
 
 class SourceDistance:
@@ -346,7 +356,7 @@ def turned_stats(stats: np.ndarray, which: int) -> np.ndarray:
     return np.concatenate([stats[:first], turned_layouts(stats[first:])[which][0]])
 
 
-class OrientationCheck:
+class OrientationCheck(_StoredLogisticRegression):
     """Is a chest film upright? The stored logistic regression's logit for upright (on the layout),
     compared with its logit for the same film turned each other way: a film counts as upright when it
     looks more upright as it is than any turn of it would (score = sigmoid of that margin). Why the
@@ -354,35 +364,25 @@ class OrientationCheck:
     look a little upside down on its own, yet its turned copies look far worse (docs/gate.md)."""
 
     def __init__(self, stats: dict[str, Any]) -> None:
-        self.mean = _floats(stats["scaler_mean"])
-        self.scale = _floats(stats["scaler_scale"])
-        self.coef = _floats(stats["coef"])
-        self.intercept = float(stats["intercept"])
-        self.threshold = float(stats.get("threshold", 0.5))
-        if not (self.mean.shape == self.scale.shape == self.coef.shape == (len(LAYOUT_STAT_NAMES),)):
-            raise ValueError("the gate's orientation check has inconsistent lengths")
+        super().__init__(stats, len(LAYOUT_STAT_NAMES), "orientation check")
+        self.threshold = float(stats.get("threshold", 0.5))  # none while fitting: scores only
 
-    def _logit(self, layouts: np.ndarray) -> np.ndarray:
-        return ((layouts - self.mean) / self.scale) @ self.coef + self.intercept
+    def _margins(self, layouts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) logit as it is minus the best turned copy's, and (n,) which :func:`turn` that copy is."""
+        layouts = np.atleast_2d(np.asarray(layouts, dtype=np.float64))
+        turned = np.stack([self._logit(t) for t in turned_layouts(layouts)])  # (N_TURNS, n)
+        return self._logit(layouts) - turned.max(axis=0), turned.argmax(axis=0)
 
     def score_layouts(self, layouts: np.ndarray) -> np.ndarray:
         """P(upright rather than turned) per row of layouts."""
-        layouts = np.atleast_2d(np.asarray(layouts, dtype=np.float64))
-        others = np.max([self._logit(t) for t in turned_layouts(layouts)], axis=0)
-        return _sigmoid(self._logit(layouts) - others)
+        return _sigmoid(self._margins(layouts)[0])
 
-    def score(self, stats: np.ndarray) -> np.ndarray:
-        """:meth:`score_layouts` of rows of :data:`IMAGE_STAT_NAMES` values."""
-        return self.score_layouts(self._layouts(stats))
-
-    def best_turn(self, stats: np.ndarray) -> int:
-        """The :func:`turn` that makes one image (its :data:`IMAGE_STAT_NAMES` values) look most upright."""
-        layouts = self._layouts(stats)[:1]
-        return int(np.argmax([self._logit(t)[0] for t in turned_layouts(layouts)]))
-
-    @staticmethod
-    def _layouts(stats: np.ndarray) -> np.ndarray:
-        return np.atleast_2d(np.asarray(stats, dtype=np.float64))[:, len(SCALAR_STAT_NAMES) :]
+    def assess(self, stats: np.ndarray) -> tuple[float, int]:
+        """One image's (score, the :func:`turn` that makes it look most upright), from its
+        :data:`IMAGE_STAT_NAMES` values: both from one pass over its turned copies."""
+        layouts = np.atleast_2d(np.asarray(stats, dtype=np.float64))[:1, len(SCALAR_STAT_NAMES) :]
+        margin, best = self._margins(layouts)
+        return float(_sigmoid(margin)[0]), int(best[0])
 
 
 class InputGate:
@@ -531,12 +531,11 @@ class InputGate:
             return
         score = float(self.chest.score(features, stats)[0])
         result.chest_score, result.chest_threshold = score, self.chest.threshold
-        orientation = self.orientation if stats is not None else None
-        upright = None if orientation is None else float(orientation.score(stats)[0])
-        result.upright_score = upright
-        turned = orientation is not None and upright is not None and upright < orientation.threshold
-        if turned:
-            result.turn_back = orientation.best_turn(stats)
+        turned = False
+        if self.orientation is not None and stats is not None:
+            result.upright_score, best = self.orientation.assess(stats)
+            turned = result.upright_score < self.orientation.threshold
+            result.turn_back = best if turned else None
         if score < self.chest.threshold:  # a turned chest film among these: see needs_turned_check
             result.refusals.append(
                 f"{NOT_CHEST_TEXT} (chest-film score {score:.2f}, needs {self.chest.threshold:.2f}); "

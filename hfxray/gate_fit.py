@@ -568,16 +568,6 @@ def orientation_data(chest: Sequence[GateItem], image_size: int, *, seed: int = 
     )
 
 
-def _orientation_numbers(clf: Any) -> dict[str, Any]:
-    scaler, logreg = clf[0], clf[-1]
-    return {
-        "scaler_mean": _round(scaler.mean_),
-        "scaler_scale": _round(scaler.scale_),
-        "coef": _round(logreg.coef_[0]),
-        "intercept": float(logreg.intercept_[0]),
-    }
-
-
 def orientation_held_out_scores(data: OrientationData, *, C: float = ORIENTATION_C) -> np.ndarray:
     """Runtime scores (:class:`hfxray.gate.OrientationCheck`) of every row from a model fitted without its
     film's source (GroupKFold over sources, at most 5 folds; over films when there is one source)."""
@@ -593,7 +583,7 @@ def orientation_held_out_scores(data: OrientationData, *, C: float = ORIENTATION
     cv = GroupKFold(n_splits=min(5, n_groups))
     for train, test in cv.split(data.layouts, data.upright, groups=groups):
         fold = make_classifier(C).fit(data.layouts[train], data.upright[train])
-        held[test] = runtime.OrientationCheck(_orientation_numbers(fold)).score_layouts(data.layouts[test])
+        held[test] = runtime.OrientationCheck(_stored_numbers(fold)).score_layouts(data.layouts[test])
     return held
 
 
@@ -609,11 +599,11 @@ def fit_orientation(data: OrientationData, *, C: float = ORIENTATION_C) -> dict[
     correct = group_correct(held, none_blocked, data.upright, threshold)
     return {
         "inputs": "layout",
-        **_orientation_numbers(make_classifier(C).fit(data.layouts, data.upright)),
+        **_stored_numbers(make_classifier(C).fit(data.layouts, data.upright)),
         "threshold": threshold,
         "C": C,
         "kinds": list(ORIENTATION_KINDS),
-        "held_out": _group_shares(correct, data.upright, data.group),
+        "held_out": group_shares(correct, data.upright, data.group),
     }
 
 
@@ -631,6 +621,19 @@ def _column_weights(feature_dim: int, n_stats: int, feature_weight: float) -> np
 
 def _scale_columns(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return x * weights
+
+
+def _stored_numbers(clf: Any, column_weights: np.ndarray | None = None) -> dict[str, Any]:
+    """A fitted :func:`make_classifier` pipeline as the JSON numbers the runtime's logistic regressions
+    read (``hfxray.gate._StoredLogisticRegression``); column weights folded into the coefficients."""
+    scaler, logreg = clf[0], clf[-1]
+    coef = logreg.coef_[0] if column_weights is None else logreg.coef_[0] * column_weights
+    return {
+        "scaler_mean": _round(scaler.mean_),
+        "scaler_scale": _round(scaler.scale_),
+        "coef": _round(coef),
+        "intercept": float(logreg.intercept_[0]),
+    }
 
 
 def make_classifier(C: float = DEFAULT_C, column_weights: np.ndarray | None = None) -> Any:
@@ -698,14 +701,10 @@ def fit_classifier(
     """(fitted pipeline, its JSON-ready numbers for :class:`hfxray.gate.ChestClassifier` without threshold)."""
     weights = _column_weights(data.features.shape[1], len(stat_names), feature_weight)
     clf = make_classifier(C, weights).fit(_inputs(data, stat_names), data.label)
-    scaler, logreg = clf[0], clf[-1]
     return clf, {
         "feature_dim": int(data.features.shape[1]),
         "image_stats": list(stat_names),
-        "scaler_mean": _round(scaler.mean_),
-        "scaler_scale": _round(scaler.scale_),
-        "coef": _round(logreg.coef_[0] * weights),  # the column weights folded in
-        "intercept": float(logreg.intercept_[0]),
+        **_stored_numbers(clf, weights),
         "C": C,
         "feature_weight": feature_weight,
     }
@@ -739,7 +738,7 @@ def choose_threshold(
     return float(1.0 / (1.0 + np.exp(-(logit.min() + logit.max()) / 2.0)))
 
 
-def _group_shares(correct: np.ndarray, label: np.ndarray, group: np.ndarray) -> dict[str, dict[str, Any]]:
+def group_shares(correct: np.ndarray, label: np.ndarray, group: np.ndarray) -> dict[str, dict[str, Any]]:
     """Per group: n and the share decided rightly (label 1 accepted, 0 refused), Wilson 95 %."""
     from hfxray.metrics import wilson_interval
 
@@ -758,7 +757,7 @@ def group_summary(
     scores: np.ndarray, blocked: np.ndarray, data: GateData, threshold: float
 ) -> dict[str, dict[str, Any]]:
     """Per group: n and the share the gate gets right (accepted chest films / refused negatives)."""
-    out = _group_shares(group_correct(scores, blocked, data.label, threshold), data.label, data.group)
+    out = group_shares(group_correct(scores, blocked, data.label, threshold), data.label, data.group)
     for g, row in out.items():
         row["refused_by_image_checks"] = int(blocked[data.group == g].sum())
     return out
