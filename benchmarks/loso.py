@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import subprocess
@@ -155,9 +156,16 @@ def fold_predictor(model_dir: Path) -> Any:
     return Predictor.from_pretrained(model_dir, backend="torch")
 
 
+@functools.lru_cache(maxsize=2)
+def dataset_in_format(data_dirs: tuple[str, ...], image_size: int, resample: int, jpeg_quality: int | None) -> Any:
+    """The films as the fold model's processor makes them (`Predictor.film_format`; cached per format),
+    so that the held-out films reach the model exactly as they would from their files."""
+    fmt = {"image_size": image_size, "resample": resample, "jpeg_quality": jpeg_quality}
+    return data.load_image_folder(list(data_dirs), **fmt)[0]
+
+
 def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
     """One fold per held-out source, or (``--together``) one fold holding all of them out at once."""
-    sources = np.asarray(ds["source"])
     folds = [list(args.holdout)] if args.together else [[s] for s in args.holdout]
     for fold in folds:
         name = "+".join(fold)
@@ -170,6 +178,8 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
                 seconds = train_fold(args.data_dir, fold, seed, out_dir, args.train_args)
             meta = json.loads((out_dir / "hfxray.json").read_text())
             predictor = fold_predictor(out_dir)
+            films = dataset_in_format(tuple(args.data_dir), **predictor.film_format)
+            sources = np.asarray(films["source"])
             fold_row = dict(
                 mode="finetune", choice=args.choice, fold=name, seed=seed,
                 train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
@@ -177,7 +187,7 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             )
             pooled: list[tuple[np.ndarray, np.ndarray]] = []
             for source in fold:
-                held = ds.select(np.flatnonzero(sources == source).tolist())
+                held = films.select(np.flatnonzero(sources == source).tolist())
                 labels = np.asarray(held["label"])
                 probs = predictor.predict_images(list(held["image"]), batch_size=32)
                 pred = probs.argmax(axis=1)

@@ -45,7 +45,7 @@ def evaluate_folder(
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     predictor = Predictor.from_pretrained(model, backend=backend)
     dataset, bad_files = data.load_image_folder(
-        dirs[0] if len(dirs) == 1 else dirs, image_size=predictor.image_size
+        dirs[0] if len(dirs) == 1 else dirs, **predictor.film_format
     )
     _check_columns(dataset, group_by)
     y_true = _labels_in_model_order(dataset, predictor.classes)

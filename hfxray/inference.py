@@ -320,6 +320,20 @@ class Predictor:
             self._processor = load_processor(self.model_dir)
         return self._processor
 
+    @property
+    def film_format(self) -> dict[str, Any]:
+        """``image_size``/``resample``/``jpeg_quality`` of this model's input, as
+        `hfxray.data.load_image_folder` takes them: a dataset loaded so holds the pixels prediction makes."""
+        fast = self.fast_processor
+        if fast is not None:
+            return {"image_size": fast.size, "resample": fast.resample, "jpeg_quality": fast.jpeg_quality}
+        processor = self.processor
+        return {
+            "image_size": self.image_size,
+            "resample": int(getattr(processor, "resample", 2)),
+            "jpeg_quality": getattr(processor, "jpeg_quality", None) or None,
+        }
+
     def _check_num_classes(self) -> None:
         probe = np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
         if self.backend == "onnx":

@@ -25,9 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
+from PIL import Image
 from torch import nn
 from transformers import (
     AutoImageProcessor,
@@ -39,11 +41,14 @@ from transformers import (
     TimmWrapperForImageClassification,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.processing_utils import ImagesKwargs
 
 try:  # transformers >= 5: the PIL implementation is its own class; ViTImageProcessor is torchvision-backed.
     from transformers.models.vit import ViTImageProcessorPil as _PilViTImageProcessor
 except ImportError:  # transformers 4.x: ViTImageProcessor *is* the PIL ("slow") implementation.
     from transformers import ViTImageProcessor as _PilViTImageProcessor
+
+from hfxray.preprocessing import square_resize
 
 logger = logging.getLogger(__name__)
 
@@ -115,26 +120,96 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 # --------------------------------------------------------------------------------------------------------
 # Image processor
 # --------------------------------------------------------------------------------------------------------
-def make_processor(mean: Sequence[float], std: Sequence[float], image_size: int) -> _PilViTImageProcessor:
-    """The one preprocessing hfxray uses: squash-resize to S x S (bilinear, PIL), rescale 1/255, normalize.
+RESAMPLE_FILTERS = {"bilinear": PILImageResampling.BILINEAR, "lanczos": PILImageResampling.LANCZOS}
+
+
+class ChestFilmKwargs(ImagesKwargs, total=False):
+    """`ViTImageProcessor`'s arguments plus the archive format's JPEG step."""
+
+    jpeg_quality: int | None
+
+
+class ChestFilmImageProcessor(_PilViTImageProcessor):
+    """`ViTImageProcessor` (PIL backend) whose resize is :func:`hfxray.preprocessing.square_resize`.
+
+    Why a subclass: with ``jpeg_quality`` set the resize also saves the S x S film as a JPEG once (the
+    archive format, docs/loso.md), which no transformers processor does. It is saved as
+    ``ViTImageProcessor`` plus a ``jpeg_quality`` key, so plain ``AutoImageProcessor`` (a Hub user
+    without hfxray) still loads it and differs only by that JPEG step; :func:`load_processor` loads
+    this class whenever the key is there.
+    """
+
+    valid_kwargs = ChestFilmKwargs
+    jpeg_quality: int | None = None
+
+    def resize(self, image: np.ndarray, size: Any, resample: Any = None, reducing_gap: int | None = None, **kwargs: Any) -> np.ndarray:
+        square = getattr(size, "height", None) and size.height == getattr(size, "width", None)
+        channels = image.shape[0] if image.ndim == 3 else 0
+        if not square or reducing_gap or image.dtype != np.uint8 or channels not in (1, 3) or not isinstance(resample, int):
+            return super().resize(image, size, resample=resample, reducing_gap=reducing_gap, **kwargs)
+        film = Image.fromarray(image[0]) if channels == 1 else Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
+        out = np.asarray(square_resize(film, int(size.height), int(resample), self.jpeg_quality).convert("RGB"))
+        out = out.transpose(2, 0, 1)
+        return np.ascontiguousarray(out[:1] if channels == 1 else out)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["image_processor_type"] = "ViTImageProcessor"
+        if not out.get("jpeg_quality"):
+            out.pop("jpeg_quality", None)
+        return out
+
+
+def make_processor(
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int,
+    *,
+    resample: str = "bilinear",
+    jpeg_quality: int | None = None,
+) -> _PilViTImageProcessor:
+    """The one preprocessing hfxray uses: squash-resize to S x S (PIL), rescale 1/255, normalize.
 
     Squash rather than resize+center-crop so the lung edges near the border are never cut.
+    ``resample`` names the filter (`RESAMPLE_FILTERS`); ``jpeg_quality`` adds the archive format's
+    JPEG step (:class:`ChestFilmImageProcessor`); without it this is transformers' own class.
     """
-    return _PilViTImageProcessor(
-        do_resize=True,
-        size={"height": int(image_size), "width": int(image_size)},
-        resample=PILImageResampling.BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[float(m) for m in mean],
-        image_std=[float(s) for s in std],
-    )
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample!r}")
+    if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"jpeg_quality must be 1-100 (or None: no JPEG step), got {jpeg_quality}")
+    kwargs: dict[str, Any] = {
+        "do_resize": True,
+        "size": {"height": int(image_size), "width": int(image_size)},
+        "resample": RESAMPLE_FILTERS[resample],
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [float(m) for m in mean],
+        "image_std": [float(s) for s in std],
+    }
+    if jpeg_quality:
+        return ChestFilmImageProcessor(jpeg_quality=int(jpeg_quality), **kwargs)
+    return _PilViTImageProcessor(**kwargs)
 
 
 def load_processor(model_dir_or_id: str | os.PathLike) -> Any:
-    """Load a saved processor with the PIL backend (transformers 5 would otherwise pick torchvision)."""
+    """Load a saved processor with the PIL backend (transformers 5 would otherwise pick torchvision);
+    :class:`ChestFilmImageProcessor` when the saved config has the archive format's ``jpeg_quality``."""
+    config_file = Path(os.fspath(model_dir_or_id)).expanduser() / "preprocessor_config.json"
+    if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("jpeg_quality"):
+        return ChestFilmImageProcessor.from_pretrained(str(model_dir_or_id))
     return AutoImageProcessor.from_pretrained(str(model_dir_or_id), backend=PROCESSOR_BACKEND)
+
+
+def film_format(processor: Any) -> dict[str, Any]:
+    """``image_size``/``resample``/``jpeg_quality`` of a processor, as `hfxray.data.load_image_folder`
+    takes them: the dataset cache then holds the pixels this model's processor makes."""
+    return {
+        "image_size": int(processor.size["height"]),
+        "resample": int(processor.resample),
+        "jpeg_quality": getattr(processor, "jpeg_quality", None) or None,
+    }
 
 
 def _processor_size(processor: Any) -> int | None:
@@ -369,8 +444,11 @@ def load_for_finetuning(
     *,
     from_scratch: bool = False,
     scratch_config: Mapping[str, Any] | None = None,
+    resample: str = "bilinear",
+    jpeg_quality: int | None = None,
 ) -> tuple[PreTrainedModel, Any]:
-    """A model with a fresh ``len(labels)``-way head on a pretrained backbone, plus its processor.
+    """A model with a fresh ``len(labels)``-way head on a pretrained backbone, plus its processor
+    (`make_processor`: ``resample`` and ``jpeg_quality`` choose the input format).
 
     ``from_scratch=True`` builds a randomly initialised ResNet50 (``scratch_config`` overrides the config),
     normalised with ImageNet mean/std; it never touches the network.
@@ -391,7 +469,8 @@ def load_for_finetuning(
         config.id2label, config.label2id = id2label, label2id
         model = ResNetForImageClassification(config)
         logger.warning("Training a randomly initialised ResNet (no pretrained weights), as requested")
-        return model, make_processor(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, image_size)
+        fmt = {"resample": resample, "jpeg_quality": jpeg_quality}
+        return model, make_processor(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, image_size, **fmt)
 
     source = resolve_base_model(name_or_path)
     model = AutoModelForImageClassification.from_pretrained(
@@ -416,7 +495,7 @@ def load_for_finetuning(
         model.config.label_names = labels
     mean, std = backbone_mean_std(model, source)
     model.train()
-    return model, make_processor(mean, std, image_size)
+    return model, make_processor(mean, std, image_size, resample=resample, jpeg_quality=jpeg_quality)
 
 
 def load_model(model_dir_or_id: str | os.PathLike) -> tuple[PreTrainedModel, Any]:

@@ -18,10 +18,18 @@ without importing transformers (about 1 s of import time on a 2-core CPU, and th
 one-film ``predict.py`` used to take seconds): the lean ONNX path reads the JSON, fills the table
 with the arithmetic of transformers' NumPy ``rescale``/``normalize`` (float64 multiply, float32
 subtract and divide), and the tests check that table equals the processor's, bit for bit.
+
+:func:`square_resize` is the one resize of a film to the model's S x S input, used by the cache
+decode of training data, :class:`FastProcessor` and the transformers processor
+(:class:`hfxray.modeling.ChestFilmImageProcessor`) alike. With ``jpeg_quality`` set it also saves the
+resized film as a JPEG once (the *archive format*: what the corpus's two large 224 px archives did to
+their films), so that every film reaches the model with the same resize-and-save history and that
+history cannot tell the model which archive, and so which class, a film came from (docs/loso.md).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +49,14 @@ def _per_channel(value: float | Sequence[float]) -> list[float]:
     return values
 
 
+def _jpeg_quality(value: Any) -> int | None:
+    if value in (None, 0, False):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ValueError(f"jpeg_quality in preprocessor_config.json must be an integer 1-100, got {value!r}")
+    return int(value)
+
+
 def _get(processor: Any, key: str) -> Any:
     return getattr(processor, key, None)
 
@@ -54,13 +70,45 @@ def _square_size(processor: Any) -> int | None:
     return int(height)
 
 
+def _jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` saved as a JPEG at ``quality`` and decoded again (Pillow defaults otherwise)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as out:
+        out.load()
+        return out.copy()
+
+
+def square_resize(image: Image.Image, size: int, resample: int, jpeg_quality: int | None = None) -> Image.Image:
+    """``image`` (mode L or RGB) squashed to ``size`` x ``size``; with ``jpeg_quality``, then JPEG-saved once.
+
+    An image already ``size`` x ``size`` is returned as it is: it has been through a resize already
+    (an archive copy, or this function), and taking it as it is makes the step idempotent, so a
+    cached S x S film and the file it came from reach the model as the same pixels. A grey film stays
+    one channel through the JPEG round trip (also when it arrives as RGB with equal channels), as a
+    grey archive stores it; a colour image keeps its colour (the input gate reads it).
+    """
+    if image.size == (size, size):
+        return image
+    out = image.resize((size, size), resample=resample)
+    if not jpeg_quality:
+        return out
+    if out.mode == "RGB":
+        pixels = np.asarray(out)
+        if np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]):
+            out = Image.fromarray(np.ascontiguousarray(pixels[..., 0]), mode="L")
+    return _jpeg_round_trip(out, jpeg_quality)
+
+
 class FastProcessor:
     """Resize to S x S with the processor's resampling filter, then table lookup to float32 CHW."""
 
-    def __init__(self, size: int, resample: int, table: np.ndarray) -> None:
+    def __init__(self, size: int, resample: int, table: np.ndarray, jpeg_quality: int | None = None) -> None:
         self.size = size
         self.resample = resample
         self.table = table  # (3, 256) float32: the processor's value for each channel and uint8 level
+        self.jpeg_quality = jpeg_quality or None  # the archive format's JPEG step (square_resize)
 
     @classmethod
     def from_processor(cls, processor: Any) -> FastProcessor | None:
@@ -82,7 +130,10 @@ class FastProcessor:
             values = processor.rescale(values, processor.rescale_factor)
         if _get(processor, "do_normalize"):
             values = processor.normalize(values, processor.image_mean, processor.image_std)
-        return cls(size, int(resample), np.ascontiguousarray(values[:, 0, :], dtype=np.float32))
+        table = np.ascontiguousarray(values[:, 0, :], dtype=np.float32)
+        # Only hfxray's processor applies jpeg_quality; transformers' own class loads the key and ignores it.
+        ours = type(processor).__name__ == "ChestFilmImageProcessor"
+        return cls(size, int(resample), table, _jpeg_quality(_get(processor, "jpeg_quality")) if ours else None)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FastProcessor | None:
@@ -110,18 +161,17 @@ class FastProcessor:
             mean = np.asarray(_per_channel(config.get("image_mean", 0.5)), dtype=np.float32)[:, None]
             std = np.asarray(_per_channel(config.get("image_std", 0.5)), dtype=np.float32)[:, None]
             values = (values - mean) / std
-        return cls(size, int(resample), np.ascontiguousarray(values, dtype=np.float32))
+        table = np.ascontiguousarray(values, dtype=np.float32)
+        return cls(size, int(resample), table, _jpeg_quality(config.get("jpeg_quality")))
 
     def resize(self, image: Image.Image) -> Image.Image:
-        """The processor's resize: the whole RGB image to S x S in one PIL call (no reducing gap).
+        """The processor's resize (:func:`square_resize`), as RGB: one PIL call, no reducing gap.
 
         A grey ("L") image is resized before it becomes RGB: Pillow resizes each channel alike, so
         the result is the same and a third of the work.
         """
-        if image.mode == "L":
-            return image.resize((self.size, self.size), resample=self.resample).convert("RGB")
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        return rgb.resize((self.size, self.size), resample=self.resample)
+        image = image if image.mode in ("L", "RGB") else image.convert("RGB")
+        return square_resize(image, self.size, self.resample, self.jpeg_quality).convert("RGB")
 
     def to_array(self, resized: Image.Image) -> np.ndarray:
         """(3, S, S) float32 from an image already :meth:`resize`-d."""

@@ -86,6 +86,18 @@ class DataArguments:
         default=0.5, metadata={"help": "With --balance class_source*: 0 = sources alike, 1 = by size."}
     )
     image_size: int = field(default=224, metadata={"help": "Square input size S (images squash-resized to S x S)."})
+    resample: str = field(
+        default="bilinear",
+        metadata={"help": "Resize filter to S x S (saved in the processor).", "choices": list(modeling.RESAMPLE_FILTERS)},
+    )
+    jpeg_quality: int | None = field(
+        default=None,
+        metadata={
+            "help": "Archive format: after the resize, save every film as a JPEG of this quality once (training "
+            "and prediction alike; saved in the processor), so that how a source resized and saved its films "
+            "is not a cue (docs/loso.md). Default: no JPEG step."
+        },
+    )
     validation_split: float = field(default=0.2, metadata={"help": "Share of images held out for validation."})
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Debug/test: use at most this many images (stratified subset)."}
@@ -105,6 +117,14 @@ class DataArguments:
             self.data_dir = [str(self.data_dir)]
         if not self.data_dir:
             raise ValueError("--data_dir is required (one or more folders with one sub-folder per class)")
+        if self.jpeg_quality is not None and not 0 <= self.jpeg_quality <= 100:
+            raise ValueError(f"--jpeg_quality must be 1-100 (0 or unset: no JPEG step), got {self.jpeg_quality}")
+
+    @property
+    def film_format(self) -> dict[str, Any]:
+        """The input format as `data.load_image_folder` takes it (the processor's, see `modeling.film_format`)."""
+        resample = int(modeling.RESAMPLE_FILTERS[self.resample])
+        return {"image_size": self.image_size, "resample": resample, "jpeg_quality": self.jpeg_quality or None}
 
     @property
     def data_root(self) -> str:
@@ -329,7 +349,7 @@ def _prepare_data(
     """Decode (cached), drop excluded sources, split by groups, weight for sampling: (splits, class
     names, unreadable files, weights). The transforms wait for the model's processor (`_with_transforms`)."""
     with training_args.main_process_first(desc="decode and cache images"):
-        dataset, bad_files = data.load_image_folder(data_args.data_dir, image_size=data_args.image_size)
+        dataset, bad_files = data.load_image_folder(data_args.data_dir, **data_args.film_format)
     for bad in bad_files:
         logger.warning("skipped unreadable file %s: %s", bad.path, bad.reason)
     if data_args.exclude_sources:
@@ -574,7 +594,8 @@ def run_training(
     splits, labels, bad_files, weights = _prepare_data(data_args, training_args)
     base = modeling.resolve_base_model(model_args.model_name_or_path) if not model_args.from_scratch else "resnet-50 (random init)"
     model, processor = modeling.load_for_finetuning(
-        base, labels, data_args.image_size, from_scratch=model_args.from_scratch
+        base, labels, data_args.image_size, from_scratch=model_args.from_scratch,
+        resample=data_args.resample, jpeg_quality=data_args.jpeg_quality or None,
     )
     model = model.to(memory_format=torch.channels_last)  # see collate()
     prep = _with_transforms(splits, labels, bad_files, weights, processor, data_args, training_args.seed)

@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from hfxray import data
 from hfxray.images import load_image
+from hfxray.modeling import film_format as film_format_of
 from hfxray.modeling import make_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,16 +103,19 @@ def test_load_image_folder_drops_bad_files_and_reads_dicom(messy_folder: Path) -
         assert len(row["phash"]) == 16
 
 
-def test_cached_image_gives_the_processor_output_of_the_file(tmp_path: Path) -> None:
-    """Evaluating the cached S x S image must equal evaluating the original file."""
+@pytest.mark.parametrize(
+    "film_format", [{}, {"resample": "lanczos", "jpeg_quality": 92}], ids=["bilinear", "archive-format"]
+)
+def test_cached_image_gives_the_processor_output_of_the_file(tmp_path: Path, film_format: dict) -> None:
+    """Evaluating the cached S x S image must equal evaluating the original file, in either input format."""
     root = tmp_path / "train"
     for cls, seed in (("A", 1), ("B", 2)):
         (root / cls).mkdir(parents=True)
         _pattern(seed, size=(640, 530)).save(root / cls / "big.jpg", quality=92)  # JPEG draft applies
         _pattern(seed + 10, size=(300, 410)).save(root / cls / "tall.png")
-    ds, bad = data.load_image_folder(root, image_size=S)
+    processor = make_processor([0.5] * 3, [0.25] * 3, S, **film_format)  # the project processor: PIL backend
+    ds, bad = data.load_image_folder(root, **film_format_of(processor))
     assert bad == []
-    processor = make_processor([0.5] * 3, [0.25] * 3, S)  # the project processor: PIL backend
     for row in ds:
         from_file = processor(images=load_image(row["path"], draft_size=S), return_tensors="pt")
         from_cache = processor(images=row["image"], return_tensors="pt")

@@ -11,8 +11,8 @@ from PIL import Image
 from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
 
 from hfxray.images import load_image
-from hfxray.modeling import load_processor
-from hfxray.preprocessing import FastProcessor
+from hfxray.modeling import ChestFilmImageProcessor, load_processor, make_processor
+from hfxray.preprocessing import FastProcessor, square_resize
 
 
 def _films(shared_data: Path, tmp_path: Path) -> list[Image.Image]:
@@ -41,8 +41,9 @@ PROCESSORS = [
         image_std=[0.229, 0.224, 0.225],
     ),
     ViTImageProcessorPil(size={"height": 224, "width": 224}, do_normalize=False),
+    make_processor([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 224, resample="lanczos", jpeg_quality=92),
 ]
-PROCESSOR_IDS = ["bundled", "imagenet-bicubic-192", "rescale-only"]
+PROCESSOR_IDS = ["bundled", "imagenet-bicubic-192", "rescale-only", "archive-format"]
 
 
 @pytest.mark.parametrize("processor", PROCESSORS, ids=PROCESSOR_IDS)
@@ -85,7 +86,7 @@ def test_from_config_json_equals_the_processor(processor, bundled_model_dir, tmp
     reference = FastProcessor.from_processor(processor)
     lean = FastProcessor.from_config(config)
     assert lean is not None and reference is not None
-    assert (lean.size, lean.resample) == (reference.size, reference.resample)
+    assert (lean.size, lean.resample, lean.jpeg_quality) == (reference.size, reference.resample, reference.jpeg_quality)
     assert lean.table.dtype == np.float32 and np.array_equal(lean.table, reference.table)
 
 
@@ -97,3 +98,50 @@ def test_from_config_leaves_other_processors_to_transformers(tmp_path):
     assert FastProcessor.from_config({**vit, "do_center_crop": True}) is None
     assert FastProcessor.from_config({**vit, "size": {"shortest_edge": 224}}) is None
     assert FastProcessor.from_config({**vit, "size": {"height": 224, "width": 160}}) is None
+
+
+def test_archive_format_saves_every_film_once_as_a_jpeg(shared_data: Path):
+    """Lanczos to S x S, then one JPEG round trip: grey stays one channel, colour stays colour, and an
+    image already S x S is taken as it is (so a cached film and its file give the same pixels)."""
+    # A grey film larger than 224 px (the seed's own films are tinted: see docs/loso.md)
+    film = load_image(shared_data.parents[1] / "cxr-multisource" / "Normal" / "chexpert__view1_frontal.jpg")
+    lanczos = square_resize(film, 224, Image.Resampling.LANCZOS)
+    archived = square_resize(film, 224, Image.Resampling.LANCZOS, jpeg_quality=92)
+    assert archived.size == (224, 224) and archived.mode == "L"  # equal channels: saved as a grey JPEG
+    diff = np.abs(np.asarray(archived, dtype=int) - np.asarray(lanczos.convert("L"), dtype=int))
+    assert 0 < diff.mean() < 3  # JPEG 92: changed, slightly
+    assert square_resize(archived, 224, Image.Resampling.LANCZOS, jpeg_quality=92) is archived
+    assert square_resize(archived, 224, Image.Resampling.LANCZOS, jpeg_quality=30) is archived
+    colour = Image.merge("RGB", [film.getchannel(0), film.getchannel(0).point(lambda v: v // 2), film.getchannel(0)])
+    out = np.asarray(square_resize(colour, 224, Image.Resampling.LANCZOS, jpeg_quality=92))
+    assert out.ndim == 3 and np.abs(out[..., 0].astype(int) - out[..., 1]).mean() > 10
+
+
+def test_archive_format_processor_round_trips_and_stays_hub_loadable(tmp_path: Path, shared_data: Path):
+    """Saved as ViTImageProcessor + jpeg_quality: hfxray loads its own class back, plain transformers
+    loads a ViT processor with the same size and filter (it only lacks the JPEG step)."""
+    from transformers import AutoImageProcessor
+
+    processor = make_processor([0.5] * 3, [0.25] * 3, 224, resample="lanczos", jpeg_quality=92)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert config["image_processor_type"] == "ViTImageProcessor" and config["jpeg_quality"] == 92
+    ours = load_processor(tmp_path)
+    assert isinstance(ours, ChestFilmImageProcessor) and ours.jpeg_quality == 92
+    plain = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    assert not isinstance(plain, ChestFilmImageProcessor)
+    assert (plain.size["height"], plain.resample) == (224, Image.Resampling.LANCZOS)
+    assert FastProcessor.from_processor(plain).jpeg_quality is None  # plain transformers: no JPEG step
+    film = load_image(sorted((shared_data / "Normal").iterdir())[0], draft_size=224)
+    a = ours(images=[film], return_tensors="np")["pixel_values"]
+    b = plain(images=[film], return_tensors="np")["pixel_values"]
+    assert 0 < np.abs(a - b).mean() < 0.05  # the JPEG step, and nothing else, differs
+    # Without jpeg_quality, make_processor is transformers' own class, saved without the key.
+    make_processor([0.5] * 3, [0.25] * 3, 224, resample="lanczos").save_pretrained(tmp_path / "plain")
+    assert "jpeg_quality" not in json.loads((tmp_path / "plain" / "preprocessor_config.json").read_text())
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        make_processor([0.5] * 3, [0.25] * 3, 224, jpeg_quality=101)
+    with pytest.raises(ValueError, match="resample"):
+        make_processor([0.5] * 3, [0.25] * 3, 224, resample="nearest")
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        FastProcessor.from_config({**config, "jpeg_quality": "high"})

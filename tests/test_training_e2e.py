@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLAGS = [
     "--image_size", "96", "--max_train_samples", "36", "--head_epochs", "1", "--num_train_epochs", "1",
     "--lr_find_steps", "6", "--per_device_train_batch_size", "8", "--model_name_or_path", "efficientnet-lite0",
+    # the archive input format, so that training, evaluate.py, predict.py and ONNX are checked on it
+    "--resample", "lanczos", "--jpeg_quality", "92",
 ]
 
 
@@ -67,6 +69,9 @@ def test_saved_directory_format(trained_dir: Path) -> None:
     meta = json.loads((trained_dir / "hfxray.json").read_text())
     assert meta["classes"] == ["Covid", "Normal", "Viral Pneumonia"]
     assert meta["image_size"] == 96
+    processor = json.loads((trained_dir / "preprocessor_config.json").read_text())
+    assert (processor["resample"], processor["jpeg_quality"]) == (1, 92)  # LANCZOS, the archive format
+    assert processor["image_processor_type"] == "ViTImageProcessor"  # plain AutoImageProcessor loads it
     assert meta["learning_rates"]["head_lr"] > 0
     assert meta["learning_rates"]["backbone_lr"] < meta["learning_rates"]["unfrozen_head_lr"]
     assert meta["temperature"] > 0

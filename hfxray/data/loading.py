@@ -24,6 +24,9 @@ from PIL import Image
 
 from hfxray.data.duplicates import image_phash
 from hfxray.images import SUPPORTED_EXTENSIONS, file_sha256, load_image
+from hfxray.preprocessing import square_resize
+
+BILINEAR = int(Image.Resampling.BILINEAR)  # the processor's default filter (ViTImageProcessor's)
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ def _decode_example(
     example: dict[str, Any],
     *,
     image_size: int,
+    resample: int,
+    jpeg_quality: int | None,
     hfxray_version: str,
     metadata: dict[str, dict[str, str]],
     defaults: dict[str, str],
@@ -132,9 +137,9 @@ def _decode_example(
         image = load_image(path, draft_size=image_size)
         out["phash"] = image_phash(image)
         out["phash16"] = image_phash(image, 16)
-        # Exactly the ViTImageProcessor resize (PIL, bilinear, squash): the processor's own
-        # resize of this S x S image is then the identity.
-        out["image"] = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        # Exactly the model processor's resize (square_resize: PIL, squash, the archive format's
+        # JPEG step if any): the processor's own resize of this S x S image is then the identity.
+        out["image"] = square_resize(image, image_size, resample, jpeg_quality).convert("RGB")
     except Exception as e:  # noqa: BLE001 - every failure is reported as a BadFile, never raised
         reason = " ".join(str(e).split()) or type(e).__name__
         out["error"] = reason
@@ -236,6 +241,8 @@ def load_image_folder(
     *,
     image_size: int,
     num_proc: int | None = None,
+    resample: int = BILINEAR,
+    jpeg_quality: int | None = None,
 ) -> tuple[Any, list[BadFile]]:
     """Load one or several ``DATA_DIR/<class>/<image>`` folders as one `datasets.Dataset`.
 
@@ -245,6 +252,8 @@ def load_image_folder(
     ``patient_id`` from the folder's ``metadata.csv`` (imagefolder convention); a folder without
     one gets its name as ``source`` (`default_source_name`), ``unknown`` and an empty patient.
     Returns the dataset plus the files that were dropped (`BadFile`s; the caller warns and goes on).
+    ``resample`` (a PIL filter) and ``jpeg_quality`` are the model processor's input format
+    (`hfxray.modeling.film_format`); the cache is kept per format.
     """
     import datasets
 
@@ -257,7 +266,8 @@ def load_image_folder(
     # With several folders, one may hold a single class (an external archive of normal films);
     # the union must still have two.
     min_classes = 2 if len(resolved) == 1 else 1
-    loaded = [_load_one_folder(d, image_size=image_size, num_proc=num_proc, min_classes=min_classes) for d in resolved]
+    fmt = {"image_size": image_size, "resample": int(resample), "jpeg_quality": jpeg_quality or None}
+    loaded = [_load_one_folder(d, **fmt, num_proc=num_proc, min_classes=min_classes) for d in resolved]
     classes = sorted({c for ds, _ in loaded for c in ds.features["label"].names})
     if len(classes) < 2:
         raise ValueError(f"only one class ({classes[0]}) in {', '.join(map(str, resolved))}; need at least two")
@@ -281,7 +291,13 @@ def _relabel(batch: dict[str, list], mapping: list[int]) -> dict[str, list]:
 
 
 def _load_one_folder(
-    data_dir: Path, *, image_size: int, num_proc: int | None, min_classes: int = 2
+    data_dir: Path,
+    *,
+    image_size: int,
+    resample: int,
+    jpeg_quality: int | None,
+    num_proc: int | None,
+    min_classes: int = 2,
 ) -> tuple[Any, list[BadFile]]:
     """One folder: `imagefolder` lists the files, one cached `.map` decodes each file once.
 
@@ -304,6 +320,8 @@ def _load_one_folder(
         _decode_example,
         fn_kwargs={
             "image_size": int(image_size),
+            "resample": int(resample),
+            "jpeg_quality": jpeg_quality,
             "hfxray_version": __version__,
             "metadata": metadata or {},
             "defaults": _metadata_defaults(data_dir),
