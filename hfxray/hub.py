@@ -486,6 +486,20 @@ def _section_gate(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _input_format(model_dir: Path) -> str:
+    """The processor's resize and JPEG step in words: a user of plain transformers must know that
+    `AutoImageProcessor` reproduces the resize but not the JPEG save."""
+    path = model_dir / "preprocessor_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not config.get("jpeg_quality"):
+        return ""
+    return (
+        f"; archive format: Lanczos, then saved once as a JPEG {config['jpeg_quality']}, in training and "
+        "prediction alike. hfxray's `load_processor` applies the JPEG step; plain `AutoImageProcessor` "
+        "loads the resize without it"
+    )
+
+
 def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
     """Model card generated from ``hfxray.json``; keys that are missing render as "not measured"."""
     model_dir = Path(model_dir)
@@ -503,7 +517,8 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
         f"> **{DISCLAIMER}**",
         "",
         f"Fine-tuned from `{base}` with hfxray {meta.get('hfxray_version', __version__)}; "
-        f"input size {meta.get('image_size', NOT_MEASURED)} px (squash resize of the whole film, no crop).",
+        f"input size {meta.get('image_size', NOT_MEASURED)} px (squash resize of the whole film, no crop"
+        f"{_input_format(model_dir)}).",
         "",
         "## Intended use",
         "",

@@ -291,3 +291,14 @@ def test_push_refuses_offline_and_non_model_dir(tmp_path):
     )
     assert offline.returncode != 0
     assert "HF_HUB_OFFLINE" in offline.stderr.strip().splitlines()[-1]
+
+
+def test_card_says_when_the_model_expects_the_archive_format(tmp_path):
+    """A Hub user with plain transformers must learn that the JPEG step is not in AutoImageProcessor."""
+    from hfxray.modeling import make_processor
+
+    model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())
+    assert "JPEG" not in str(build_model_card(model_dir)).split("## Intended use")[0]
+    make_processor([0.5] * 3, [0.5] * 3, 32, resample="lanczos", jpeg_quality=92).save_pretrained(model_dir)
+    head = str(build_model_card(model_dir)).split("## Intended use")[0]
+    assert "JPEG 92" in head and "AutoImageProcessor" in head
