@@ -67,6 +67,7 @@ def _upload_and_analyse(page, path: Path) -> None:
     clear = page.locator("#single-file button[aria-label='Clear']")
     if clear.count():  # a file is already there: remove it to get the upload area back
         clear.first.click()
+        expect(clear).to_have_count(0, timeout=30_000)  # under load the old file box lingers a moment
     page.locator("#single-file input[type=file]").set_input_files(str(path))
     page.locator("#single-file").get_by_text(path.name).first.wait_for(timeout=30_000)
     page.locator("#single-button").click()
