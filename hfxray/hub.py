@@ -496,8 +496,52 @@ def _input_format(model_dir: Path) -> str:
     return (
         f"; archive format: Lanczos, then saved once as a JPEG {config['jpeg_quality']}, in training and "
         "prediction alike. hfxray's `load_processor` applies the JPEG step; plain `AutoImageProcessor` "
-        "loads the resize without it"
+        "loads the resize without it (see How to use)"
     )
+
+
+def _usage_path(model_dir: Path) -> str:
+    """How the card names a local model: relative to the repository when it lies inside (the bundled
+    model reads ``hfxray/default_model`` whichever folder the card was written from), else as given."""
+    repo = Path(__file__).resolve().parents[1]
+    resolved = model_dir.resolve()
+    return resolved.relative_to(repo).as_posix() if resolved.is_relative_to(repo) else str(model_dir)
+
+
+def _usage_python(model_dir: Path, meta: dict[str, Any], usage_id: str) -> list[str]:
+    """The card's pipeline lines. With the archive format the processor must be hfxray's: plain
+    `pipeline(model=...)` drops the JPEG step and so feeds the model pixels it was not trained on."""
+    lines = ["```python", "from transformers import pipeline"]
+    archive = bool(_input_format(model_dir))
+    if archive:
+        lines += [
+            "from hfxray.modeling import load_processor  # the processor with the archive format's JPEG step",
+            "",
+            f'classifier = pipeline("image-classification", model="{usage_id}", '
+            f'image_processor=load_processor("{usage_id}"))',
+        ]
+    else:
+        lines += ["", f'classifier = pipeline("image-classification", model="{usage_id}")']
+    lines += ['print(classifier("chest_xray.png", top_k=None))  # calibrated probabilities for every class', "```", ""]
+    if archive:
+        measured = meta.get("plain_pipeline") or {}
+        how_many = (
+            f"{measured['class_changed']} of {measured['n']} films {measured.get('films', '')} ({_pct_ci(measured)}; "
+            "`benchmarks/plain_pipeline.py` in the hfxray repository)"
+            if measured.get("n")
+            else "some films (not measured for this model: `benchmarks/plain_pipeline.py` in the hfxray repository)"
+        )
+        lines += [
+            "Without `image_processor=`, transformers loads the resize but not the JPEG step (a film "
+            f"already at the input size skips that step either way), and the predicted class changes on {how_many}.",
+            "",
+        ]
+    return lines
+
+
+def _pct_ci(measured: dict[str, Any]) -> str:
+    lo, hi = measured["class_changed_ci95"]
+    return f"{measured['class_changed'] / measured['n']:.1%}, 95% CI {lo:.1%}-{hi:.1%}"
 
 
 def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
@@ -509,7 +553,7 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
     classes = [str(c) for c in meta.get("classes") or []]
     data = build_card_data(model_dir, meta, repo_id=repo_id)
     name = repo_id or model_dir.resolve().name
-    usage_id = repo_id or str(model_dir)
+    usage_id = repo_id or _usage_path(model_dir)
     base = meta.get("base_model") or NOT_MEASURED
     body = [
         f"# {name}: chest X-ray classifier ({', '.join(classes) if classes else 'classes ' + NOT_MEASURED})",
@@ -552,13 +596,7 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
         "",
         "## How to use",
         "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        f'classifier = pipeline("image-classification", model="{usage_id}")',
-        'print(classifier("chest_xray.png", top_k=None))  # calibrated probabilities for every class',
-        "```",
-        "",
+        *_usage_python(model_dir, meta, usage_id),
         "Or with hfxray, which uses the same preprocessing and adds the input gate and the audit:",
         "",
         "```bash",

@@ -195,11 +195,17 @@ def make_processor(
 
 def load_processor(model_dir_or_id: str | os.PathLike) -> Any:
     """Load a saved processor with the PIL backend (transformers 5 would otherwise pick torchvision);
-    :class:`ChestFilmImageProcessor` when the saved config has the archive format's ``jpeg_quality``."""
-    config_file = Path(os.fspath(model_dir_or_id)).expanduser() / "preprocessor_config.json"
-    if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("jpeg_quality"):
-        return ChestFilmImageProcessor.from_pretrained(str(model_dir_or_id))
-    return AutoImageProcessor.from_pretrained(str(model_dir_or_id), backend=PROCESSOR_BACKEND)
+    :class:`ChestFilmImageProcessor` when the saved config has the archive format's ``jpeg_quality``.
+
+    A local folder or a Hub id alike: the config is resolved the way ``from_pretrained`` resolves it
+    (Hub cache, ``HF_HUB_OFFLINE``), so a model pushed with the archive format keeps its JPEG step.
+    """
+    path = Path(os.fspath(model_dir_or_id)).expanduser()
+    name = str(path) if path.is_dir() else str(model_dir_or_id)
+    config, _ = ChestFilmImageProcessor.get_image_processor_dict(name)
+    if config.get("jpeg_quality"):
+        return ChestFilmImageProcessor.from_pretrained(name)
+    return AutoImageProcessor.from_pretrained(name, backend=PROCESSOR_BACKEND)
 
 
 def film_format(processor: Any) -> dict[str, Any]:

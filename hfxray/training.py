@@ -24,7 +24,7 @@ from scipy.special import softmax
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hfxray import __version__, calibration, data, metrics, modeling, report
+from hfxray import __version__, calibration, data, metrics, mixstyle, modeling, report
 from hfxray.lr_find import LRFindResult, lr_range_test
 from hfxray.weight_averaging import WeightAveragingCallback
 
@@ -165,11 +165,21 @@ class FinetuneArguments:
             "0.5 = the second half) and keep the average instead of the best checkpoint. Off by default."
         },
     )
+    mixstyle: float | None = field(
+        default=None,
+        metadata={
+            "help": "Both phases: with this probability per batch, mix the films' feature statistics after the "
+            "backbone's first three stages (MixStyle, hfxray.mixstyle; 0.5 in the paper). Training only: "
+            "the saved model is unchanged in form. Off by default."
+        },
+    )
 
     def __post_init__(self) -> None:
         start = self.weight_averaging_start
         if start is not None and not 0.0 <= start < 1.0:
             raise ValueError(f"--weight_averaging_start must be in [0, 1), got {start}")
+        if self.mixstyle is not None and not 0.0 < self.mixstyle <= 1.0:
+            raise ValueError(f"--mixstyle must be in (0, 1], got {self.mixstyle}")
 
 
 def default_training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -535,6 +545,7 @@ def _training_metadata(
         "validation_by_source": checked["validation_by_source"],
         "balance": {"strategy": data_args.balance, "source_weight_power": data_args.source_weight_power},
         "weight_averaging": averaged,
+        "mixstyle": ft_args.mixstyle,
         "learning_rates": {
             **lr_info,
             **lower_rates,
@@ -604,10 +615,15 @@ def run_training(
     lr_info, lr_plot = _choose_head_lr(model, prep, ft_args, training_args, work_dir, bool(points), keep)
     head_lr = float(lr_info["head_lr"])
     compute_metrics = _compute_metrics_fn()  # one load of the metric modules for both phases
+    # Training-time only: hooked after the range test (which should see the plain model), removed
+    # before calibration, the gate and saving.
+    style_hooks = mixstyle.attach(model, ft_args.mixstyle) if ft_args.mixstyle else []
     history = _train_head(model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics)
     trainer, lower_rates, averaged = _train_all_layers(
         model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics
     )
+    for hook in style_hooks:
+        hook.remove()
     history += [dict(h, phase="all layers") for h in trainer.state.log_history]
     if not trainer.is_world_process_zero():
         return None

@@ -120,3 +120,41 @@ def test_scale_benchmark_runs_and_every_file_is_predicted_once(tmp_path):
     assert _positive(archive["one_process"]["images_per_s"])
     assert _positive(archive["one_process"]["rss"]["max_peak_rss_mib_per_predict_process"])
     assert archive["kill_and_resume"]["output_existed_after_sigint"] is False
+
+
+def _run_plain_pipeline(model: Path, data: Path, results: Path, *extra: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "plain_pipeline.py"), "--model", str(model),
+         "--data_dir", str(data), "--results", str(results), *extra],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(results.read_text())
+
+
+def test_plain_pipeline_benchmark_sees_the_missing_jpeg_step(shared_data, bundled_model_dir, tmp_path):
+    """The bundled model (archive format) answers differently through plain transformers; the same
+    model without the JPEG step answers identically, so the difference is that step."""
+    import shutil
+
+    films = tmp_path / "films"
+    for i, path in enumerate(sorted(p for p in shared_data.rglob("*.*") if p.is_file())[::25][:10]):
+        (films / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (films / path.parent.name / f"{i}{path.suffix}").symlink_to(path)
+    model = tmp_path / "model"
+    shutil.copytree(bundled_model_dir, model)
+    out = _run_plain_pipeline(model, films, tmp_path / "archive.json", "--attach")
+    assert out["hfxray_processor"] == "ChestFilmImageProcessor"
+    for side in ("plain", "plain_pil"):
+        assert out[side]["n"] == 10 and 0 <= out[side]["class_changed"] <= 10
+        assert out[side]["processor"] != "ChestFilmImageProcessor"
+        assert out[side]["max_probability_change_median"] > 1e-4  # every film's pixels differ by the JPEG step
+    card = (model / "README.md").read_text()
+    larger = out["plain"]["films_larger_than_224px"]  # the seed films are all larger than 224 px
+    assert larger["n"] == 10 and f"changes on {larger['class_changed']} of 10 films larger than 224 px" in card
+
+    config = json.loads((model / "preprocessor_config.json").read_text())
+    config.pop("jpeg_quality")
+    (model / "preprocessor_config.json").write_text(json.dumps(config))
+    same = _run_plain_pipeline(model, films, tmp_path / "plain.json")
+    assert same["plain_pil"]["class_changed"] == 0 and same["plain_pil"]["max_probability_change_p95"] < 1e-5

@@ -302,3 +302,40 @@ def test_card_says_when_the_model_expects_the_archive_format(tmp_path):
     make_processor([0.5] * 3, [0.5] * 3, 32, resample="lanczos", jpeg_quality=92).save_pretrained(model_dir)
     head = str(build_model_card(model_dir)).split("## Intended use")[0]
     assert "JPEG 92" in head and "AutoImageProcessor" in head
+
+
+def test_card_usage_keeps_the_jpeg_step_and_quotes_what_plain_transformers_changes(tmp_path):
+    """With the archive format the card's pipeline line passes hfxray's processor, and says how many
+    films plain transformers would answer differently when that was measured."""
+    from hfxray.hub import update_metadata
+    from hfxray.modeling import make_processor
+
+    model_dir = _tiny_model_dir(tmp_path / "model", _full_meta())
+    usage = str(build_model_card(model_dir)).split("## How to use")[1]
+    assert "load_processor" not in usage and 'pipeline("image-classification", model=' in usage
+    make_processor([0.5] * 3, [0.5] * 3, 32, resample="lanczos", jpeg_quality=92).save_pretrained(model_dir)
+    usage = str(build_model_card(model_dir)).split("## How to use")[1]
+    assert "image_processor=load_processor(" in usage and "not measured for this model" in usage
+    measured = {"n": 277, "class_changed": 31, "class_changed_ci95": [0.080, 0.154], "films": "larger than 224 px"}
+    update_metadata(model_dir, plain_pipeline=measured)
+    usage = str(build_model_card(model_dir)).split("## How to use")[1]
+    assert "31 of 277 films larger than 224 px (11.2%, 95% CI 8.0%-15.4%" in usage
+
+
+def test_load_processor_keeps_the_jpeg_step_for_a_hub_id(tmp_path):
+    """A model pulled from the Hub (here: its files in the Hub cache, offline) loads with the JPEG step."""
+    from hfxray.modeling import make_processor
+
+    snapshot = tmp_path / "hub" / "models--someone--cxr" / "snapshots" / ("0" * 40)
+    make_processor([0.5] * 3, [0.5] * 3, 32, resample="lanczos", jpeg_quality=92).save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--someone--cxr" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--cxr" / "refs" / "main").write_text("0" * 40)
+    code = (
+        "from hfxray.modeling import load_processor\n"
+        "p = load_processor('someone/cxr')\n"
+        "print(type(p).__name__, p.jpeg_quality)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ChestFilmImageProcessor", "92"]
