@@ -24,7 +24,7 @@ from scipy.special import softmax
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hfxray import __version__, calibration, data, metrics, mixstyle, modeling, report
+from hfxray import __version__, calibration, data, metrics, mixstyle, modeling, randconv, report
 from hfxray.lr_find import LRFindResult, lr_range_test
 from hfxray.weight_averaging import WeightAveragingCallback
 
@@ -173,6 +173,14 @@ class FinetuneArguments:
             "the saved model is unchanged in form. Off by default."
         },
     )
+    randconv: float | None = field(
+        default=None,
+        metadata={
+            "help": "Both phases: with this probability per batch, filter the films through a random "
+            "convolution mixed with the film (RandConv, hfxray.randconv). Training only: the saved model is "
+            "unchanged in form. Off by default."
+        },
+    )
 
     def __post_init__(self) -> None:
         start = self.weight_averaging_start
@@ -180,6 +188,8 @@ class FinetuneArguments:
             raise ValueError(f"--weight_averaging_start must be in [0, 1), got {start}")
         if self.mixstyle is not None and not 0.0 < self.mixstyle <= 1.0:
             raise ValueError(f"--mixstyle must be in (0, 1], got {self.mixstyle}")
+        if self.randconv is not None and not 0.0 < self.randconv <= 1.0:
+            raise ValueError(f"--randconv must be in (0, 1], got {self.randconv}")
 
 
 def default_training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -546,6 +556,7 @@ def _training_metadata(
         "balance": {"strategy": data_args.balance, "source_weight_power": data_args.source_weight_power},
         "weight_averaging": averaged,
         "mixstyle": ft_args.mixstyle,
+        "randconv": ft_args.randconv,
         "learning_rates": {
             **lr_info,
             **lower_rates,
@@ -618,6 +629,7 @@ def run_training(
     # Training-time only: hooked after the range test (which should see the plain model), removed
     # before calibration, the gate and saving.
     style_hooks = mixstyle.attach(model, ft_args.mixstyle) if ft_args.mixstyle else []
+    style_hooks += randconv.attach(model, ft_args.randconv) if ft_args.randconv else []
     history = _train_head(model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics)
     trainer, lower_rates, averaged = _train_all_layers(
         model, prep, ft_args, training_args, head_lr, work_dir, points, compute_metrics

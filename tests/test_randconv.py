@@ -1,0 +1,126 @@
+"""RandConv (``--randconv``): in training, the films reach the model through a random convolution mixed
+with the film; in eval mode nothing changes; the saved model is an ordinary model directory.
+
+The hook is exercised on the real EfficientNet-Lite0 classifier and on real radiographs; the training
+test is a real (tiny: 96 px, 36 films) run of scripts/train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfxray import modeling, randconv
+from hfxray.images import is_supported_path, load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return modeling.load_for_finetuning(
+        modeling.resolve_base_model("efficientnet-lite0"), ["Covid", "Normal", "Viral Pneumonia"], 96
+    )
+
+
+@pytest.fixture(scope="module")
+def films(shared_data: Path, lite0) -> torch.Tensor:
+    """Eight real radiographs of the seed data, as the processor makes them."""
+    _, processor = lite0
+    paths = sorted(p for p in shared_data.rglob("*") if is_supported_path(p))[::30][:8]
+    return processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+
+
+def test_filter_changes_texture_keeps_grey_and_each_films_level(films) -> None:
+    torch.manual_seed(0)
+    hook = randconv.RandConvHook(p=1.0, kernel_sizes=(5,))
+    out = hook.filter(films)
+    assert out.shape == films.shape
+    # Each channel keeps the film's own mean and spread (brightness is not what is randomised) ...
+    assert torch.allclose(out.mean(dim=(2, 3)), films.mean(dim=(2, 3)), atol=1e-4)
+    assert torch.allclose(out.std(dim=(2, 3)), films.std(dim=(2, 3)), rtol=1e-3, atol=1e-4)
+    # ... the pixels change ...
+    assert float((out - films).abs().mean()) > 0.01
+
+    # ... and a grey film stays grey: all channels are one image under the per-channel normalisation.
+    def standardised(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)
+
+    grey = standardised(out)
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-3) and torch.allclose(grey[:, 0], grey[:, 2], atol=1e-3)
+
+
+def test_hook_acts_in_training_only_and_removes_cleanly(lite0, films) -> None:
+    model, _ = lite0
+    model.eval()
+    with torch.no_grad():
+        before = model(pixel_values=films).logits
+        handles = randconv.attach(model, p=1.0)
+        hooked_eval = model(pixel_values=films).logits
+        seen: list[torch.Tensor] = []
+        probe = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"]), with_kwargs=True)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.train()
+        torch.manual_seed(1)
+        model(pixel_values=films)
+        model.eval()
+        model.load_state_dict(state)  # a training-mode pass moves BatchNorm's running statistics
+        probe.remove()
+        for handle in handles:
+            handle.remove()
+        after = model(pixel_values=films).logits
+    assert torch.equal(before, hooked_eval)
+    assert not torch.allclose(seen[-1], films)  # the model saw filtered films in training mode
+    assert torch.allclose(before, after, atol=1e-6)
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_probability_is_the_share_of_batches_filtered() -> None:
+    torch.manual_seed(2)
+    layer = torch.nn.Identity().train()
+    x = torch.randn(4, 3, 8, 8)
+    hook = randconv.RandConvHook(p=0.3)
+    share = np.mean([hook(layer, (), {"pixel_values": x}) is not None for _ in range(400)])
+    assert 0.22 < share < 0.38
+    assert hook(layer.eval(), (), {"pixel_values": x}) is None
+    with pytest.raises(ValueError, match=r"in \(0, 1\], got 0"):
+        randconv.RandConvHook(p=0.0)
+
+
+def _train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "train.py"), "--data_dir", str(data), "--output_dir", str(out),
+        "--image_size", "96", "--max_train_samples", "36", "--head_epochs", "1", "--num_train_epochs", "1",
+        "--learning_rate_find", "false", "--per_device_train_batch_size", "8", "--fit_input_gate", "false",
+        "--model_name_or_path", "efficientnet-lite0", *extra,
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_training_with_randconv_saves_an_ordinary_model(shared_data: Path, lite0, tmp_path: Path) -> None:
+    out = tmp_path / "randconv"
+    proc = _train(shared_data, out, "--randconv", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "hfxray.json").read_text())["randconv"] == 0.5
+    model, _ = lite0
+    assert set(load_file(out / "model.safetensors")) == set(model.state_dict())  # no extra weights
+    reloaded, _ = modeling.load_model(out)
+    assert not any(m._forward_pre_hooks for m in reloaded.modules())
+
+
+def test_out_of_range_randconv_is_a_one_line_error(shared_data: Path, tmp_path: Path) -> None:
+    proc = _train(shared_data, tmp_path / "bad", "--randconv", "-0.2")
+    assert proc.returncode != 0
+    assert "--randconv must be in (0, 1], got -0.2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()
