@@ -8,20 +8,16 @@ is a real (tiny: 96 px, 36 films) run of scripts/train.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import assert_one_line_error, train_tiny
 
 from hfxray import mixstyle, modeling
 from hfxray.images import is_supported_path, load_image
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,21 +108,10 @@ def test_models_without_stages_and_bad_probabilities_are_refused() -> None:
         mixstyle.MixStyleHook(p=0.0)
 
 
-def _train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, str(ROOT / "scripts" / "train.py"), "--data_dir", str(data), "--output_dir", str(out),
-        "--image_size", "96", "--max_train_samples", "36", "--head_epochs", "1", "--num_train_epochs", "1",
-        "--learning_rate_find", "false", "--per_device_train_batch_size", "8", "--fit_input_gate", "false",
-        "--model_name_or_path", "efficientnet-lite0", *extra,
-    ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_training_with_mixstyle_saves_an_ordinary_model(shared_data: Path, lite0, tmp_path: Path) -> None:
     out = tmp_path / "mixstyle"
-    proc = _train(shared_data, out, "--mixstyle", "0.5")
+    proc = train_tiny(shared_data, out, "--mixstyle", "0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "hfxray.json").read_text())["mixstyle"] == 0.5
     model, _ = lite0
@@ -136,8 +121,5 @@ def test_training_with_mixstyle_saves_an_ordinary_model(shared_data: Path, lite0
 
 
 def test_out_of_range_mixstyle_is_a_one_line_error(shared_data: Path, tmp_path: Path) -> None:
-    proc = _train(shared_data, tmp_path / "bad", "--mixstyle", "1.5")
-    assert proc.returncode != 0
-    assert "--mixstyle must be in (0, 1], got 1.5" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "bad").exists()
+    proc = train_tiny(shared_data, tmp_path / "bad", "--mixstyle", "1.5")
+    assert_one_line_error(proc, "--mixstyle must be in (0, 1], got 1.5", tmp_path / "bad")
