@@ -7,14 +7,11 @@ test is a real (tiny: 96 px, 36 films) run of scripts/train.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from training_helpers import assert_one_line_error, train_tiny
 
 from hfxray import modeling, randconv
 from hfxray.images import is_supported_path, load_image
@@ -89,20 +86,3 @@ def test_probability_is_the_share_of_batches_filtered() -> None:
     assert hook(layer.eval(), (), {"pixel_values": x}) is None
     with pytest.raises(ValueError, match=r"in \(0, 1\], got 0"):
         randconv.RandConvHook(p=0.0)
-
-
-@pytest.mark.slow
-def test_training_with_randconv_saves_an_ordinary_model(shared_data: Path, lite0, tmp_path: Path) -> None:
-    out = tmp_path / "randconv"
-    proc = train_tiny(shared_data, out, "--randconv", "0.5")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "hfxray.json").read_text())["randconv"] == 0.5
-    model, _ = lite0
-    assert set(load_file(out / "model.safetensors")) == set(model.state_dict())  # no extra weights
-    reloaded, _ = modeling.load_model(out)
-    assert not any(m._forward_pre_hooks for m in reloaded.modules())
-
-
-def test_out_of_range_randconv_is_a_one_line_error(shared_data: Path, tmp_path: Path) -> None:
-    proc = train_tiny(shared_data, tmp_path / "bad", "--randconv", "-0.2")
-    assert_one_line_error(proc, "--randconv must be in (0, 1], got -0.2", tmp_path / "bad")
