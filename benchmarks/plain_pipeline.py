@@ -79,7 +79,9 @@ def compare(model_dir: Path, paths: Sequence[Path]) -> dict[str, Any]:
     # A film already S x S is taken as it is (no JPEG step, `square_resize`): only larger films differ.
     size = predictor.film_format["image_size"]
     larger = np.asarray([im.size != (size, size) for im in images])
-    out: dict[str, Any] = {"model": str(model_dir), "hfxray_processor": type(predictor.processor).__name__}
+    out: dict[str, Any] = {
+        "model": str(model_dir), "hfxray_processor": type(predictor.processor).__name__, "image_size": size,
+    }
     for name, classifier in (("plain", plain), ("plain_pil", plain_pil)):
         theirs = probabilities(classifier, images, predictor.classes)
         out[name] = {"processor": type(classifier.image_processor).__name__, **_changes(ours, theirs)}
@@ -116,10 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"median {r['max_probability_change_median']:.4f}, p95 {r['max_probability_change_p95']:.3f}"
         )
     if args.attach:  # the card quotes what a Hub user's one-liner does to the films a hospital has
-        plain, described = result["plain"], "of every size"
-        larger = next((k for k in plain if k.startswith("films_larger_than_")), None)
-        if larger:  # films already S x S skip the JPEG step, so only the larger ones can change
-            plain, described = plain[larger], larger.removeprefix("films_").replace("_", " ").replace("px", " px")
+        plain, described, size = result["plain"], "of every size", result["image_size"]
+        if f"films_larger_than_{size}px" in plain:  # films already S x S skip the JPEG step: only larger ones change
+            plain, described = plain[f"films_larger_than_{size}px"], f"larger than {size} px"
         measured = {k: plain[k] for k in ("n", "class_changed", "class_changed_ci95")}
         hub.update_metadata(args.model, plain_pipeline={**measured, "films": described})
         hub.write_model_card(args.model)

@@ -508,11 +508,10 @@ def _usage_path(model_dir: Path) -> str:
     return resolved.relative_to(repo).as_posix() if resolved.is_relative_to(repo) else str(model_dir)
 
 
-def _usage_python(model_dir: Path, meta: dict[str, Any], usage_id: str) -> list[str]:
+def _usage_python(meta: dict[str, Any], usage_id: str, archive: bool) -> list[str]:
     """The card's pipeline lines. With the archive format the processor must be hfxray's: plain
     `pipeline(model=...)` drops the JPEG step and so feeds the model pixels it was not trained on."""
     lines = ["```python", "from transformers import pipeline"]
-    archive = bool(_input_format(model_dir))
     if archive:
         lines += [
             "from hfxray.modeling import load_processor  # the processor with the archive format's JPEG step",
@@ -554,6 +553,7 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
     data = build_card_data(model_dir, meta, repo_id=repo_id)
     name = repo_id or model_dir.resolve().name
     usage_id = repo_id or _usage_path(model_dir)
+    input_format = _input_format(model_dir)
     base = meta.get("base_model") or NOT_MEASURED
     body = [
         f"# {name}: chest X-ray classifier ({', '.join(classes) if classes else 'classes ' + NOT_MEASURED})",
@@ -562,7 +562,7 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
         "",
         f"Fine-tuned from `{base}` with hfxray {meta.get('hfxray_version', __version__)}; "
         f"input size {meta.get('image_size', NOT_MEASURED)} px (squash resize of the whole film, no crop"
-        f"{_input_format(model_dir)}).",
+        f"{input_format}).",
         "",
         "## Intended use",
         "",
@@ -596,7 +596,7 @@ def build_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = None
         "",
         "## How to use",
         "",
-        *_usage_python(model_dir, meta, usage_id),
+        *_usage_python(meta, usage_id, archive=bool(input_format)),
         "Or with hfxray, which uses the same preprocessing and adds the input gate and the audit:",
         "",
         "```bash",

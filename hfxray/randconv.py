@@ -10,9 +10,9 @@ weights added: the saved model is an ordinary ``save_pretrained`` directory and 
 
 Two choices differ from the paper, both because the inputs are grey radiographs: one kernel is applied
 to the film's grey level and written to all three channels (the paper draws colour kernels; a colour
-cast is not a way chest films differ, and a filtered film comes out grey), and each channel is brought back to the film's own mean and
-standard deviation, so the random filter changes texture and not the overall brightness the backbone's
-BatchNorm expects.
+cast is not a way chest films differ, and a filtered film comes out grey), and each channel is brought
+back to the film's own mean and standard deviation, so the random filter changes texture and not the
+overall brightness the backbone's BatchNorm expects.
 
 Written here because none of the libraries hfxray builds on (timm, torchvision, transformers,
 albumentations) ships it; it is a forward pre-hook on the model, removed before the model is saved.

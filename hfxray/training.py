@@ -186,10 +186,10 @@ class FinetuneArguments:
         start = self.weight_averaging_start
         if start is not None and not 0.0 <= start < 1.0:
             raise ValueError(f"--weight_averaging_start must be in [0, 1), got {start}")
-        if self.mixstyle is not None and not 0.0 < self.mixstyle <= 1.0:
-            raise ValueError(f"--mixstyle must be in (0, 1], got {self.mixstyle}")
-        if self.randconv is not None and not 0.0 < self.randconv <= 1.0:
-            raise ValueError(f"--randconv must be in (0, 1], got {self.randconv}")
+        for name in ("mixstyle", "randconv"):  # per-batch probabilities of the training-only hooks
+            p = getattr(self, name)
+            if p is not None and not 0.0 < p <= 1.0:
+                raise ValueError(f"--{name} must be in (0, 1], got {p}")
 
 
 def default_training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:

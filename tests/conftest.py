@@ -22,6 +22,25 @@ def shared_data() -> Path:
 TINY_CLASSES = ["Covid", "Normal", "Viral Pneumonia"]
 
 
+@pytest.fixture(scope="module")
+def lite0():
+    """A fresh EfficientNet-Lite0 classifier at 96 px (ImageNet weights, new 3-class head) and its processor;
+    one per test module, for the tests of training-time hooks (MixStyle, RandConv)."""
+    from hfxray import modeling
+
+    return modeling.load_for_finetuning(modeling.resolve_base_model("efficientnet-lite0"), TINY_CLASSES, 96)
+
+
+@pytest.fixture(scope="module")
+def films(shared_data: Path, lite0):
+    """Eight real radiographs of the seed data, as ``lite0``'s processor makes them."""
+    from hfxray.images import is_supported_path, load_image
+
+    _, processor = lite0
+    paths = sorted(p for p in shared_data.rglob("*") if is_supported_path(p))[::30][:8]
+    return processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A real, tiny, untrained saved model directory (TimmWrapper tf_efficientnet_lite0, 3 classes, 224 px).

@@ -1,36 +1,17 @@
 """MixStyle (``--mixstyle``): in training, each film's per-channel feature statistics become a mix of its
 own and another film's; in eval mode nothing changes; the saved model is an ordinary model directory.
 
-The hook is exercised on the real EfficientNet-Lite0 backbone and on real radiographs; the training test
-is a real (tiny: 96 px, 36 films) run of scripts/train.py.
+The hook is exercised on the real EfficientNet-Lite0 backbone and on real radiographs (``lite0`` and
+``films`` in conftest.py); the real training run is in test_training_style_options.py.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hfxray import mixstyle, modeling
-from hfxray.images import is_supported_path, load_image
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    model, processor = modeling.load_for_finetuning(
-        modeling.resolve_base_model("efficientnet-lite0"), ["Covid", "Normal", "Viral Pneumonia"], 96
-    )
-    return model, processor
-
-
-@pytest.fixture(scope="module")
-def films(shared_data: Path, lite0) -> torch.Tensor:
-    """Eight real radiographs of the seed data, as the processor makes them."""
-    _, processor = lite0
-    paths = sorted(p for p in shared_data.rglob("*") if is_supported_path(p))[::30][:8]
-    return processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+from hfxray import mixstyle
 
 
 def _first_stage_output(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,35 +1,17 @@
 """RandConv (``--randconv``): in training, the films reach the model through a random convolution mixed
 with the film; in eval mode nothing changes; the saved model is an ordinary model directory.
 
-The hook is exercised on the real EfficientNet-Lite0 classifier and on real radiographs; the training
-test is a real (tiny: 96 px, 36 films) run of scripts/train.py.
+The hook is exercised on the real EfficientNet-Lite0 classifier and on real radiographs (``lite0`` and
+``films`` in conftest.py); the real training run is in test_training_style_options.py.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hfxray import modeling, randconv
-from hfxray.images import is_supported_path, load_image
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return modeling.load_for_finetuning(
-        modeling.resolve_base_model("efficientnet-lite0"), ["Covid", "Normal", "Viral Pneumonia"], 96
-    )
-
-
-@pytest.fixture(scope="module")
-def films(shared_data: Path, lite0) -> torch.Tensor:
-    """Eight real radiographs of the seed data, as the processor makes them."""
-    _, processor = lite0
-    paths = sorted(p for p in shared_data.rglob("*") if is_supported_path(p))[::30][:8]
-    return processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+from hfxray import randconv
 
 
 def test_filter_changes_texture_keeps_grey_and_each_films_level(films) -> None:
