@@ -24,7 +24,7 @@ from scipy.special import softmax
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hfxray import __version__, calibration, data, metrics, mixstyle, modeling, randconv, report
+from hfxray import __version__, adversary, calibration, data, metrics, mixstyle, modeling, randconv, report
 from hfxray.lr_find import LRFindResult, lr_range_test
 from hfxray.weight_averaging import WeightAveragingCallback
 
@@ -181,6 +181,15 @@ class FinetuneArguments:
             "unchanged in form. Off by default."
         },
     )
+    source_adversary: float | None = field(
+        default=None,
+        metadata={
+            "help": "Phase 2: add a class-conditional source classifier on the pooled features behind a "
+            "gradient reversal of this weight (domain-adversarial training, hfxray.adversary; 1.0 in the "
+            "paper), so the features stop telling sources apart inside a class. Training only: not part of "
+            "the saved model. Off by default."
+        },
+    )
 
     def __post_init__(self) -> None:
         start = self.weight_averaging_start
@@ -190,6 +199,8 @@ class FinetuneArguments:
             p = getattr(self, name)
             if p is not None and not 0.0 < p <= 1.0:
                 raise ValueError(f"--{name} must be in (0, 1], got {p}")
+        if self.source_adversary is not None and not self.source_adversary > 0:
+            raise ValueError(f"--source_adversary must be > 0, got {self.source_adversary}")
 
 
 def default_training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -224,10 +235,13 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     channels_last: measured 1.5x faster forward+backward for EfficientNet-Lite0 on a 2-core CPU
     (1.15 s vs 1.75 s per batch of 16 at 224 px), matching the model's memory format below.
     """
-    return {
+    batch = {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(memory_format=torch.channels_last),
         "labels": torch.tensor([int(e["labels"]) for e in examples]),
     }
+    if "sources" in examples[0]:  # the source adversary's targets (hfxray.adversary)
+        batch["sources"] = torch.tensor([int(e["sources"]) for e in examples])
+    return batch
 
 
 class BalancedTrainer(Trainer):
@@ -237,9 +251,35 @@ class BalancedTrainer(Trainer):
     (accelerate sharding across processes, checkpoints, resumption) as the library does it.
     """
 
-    def __init__(self, *args: Any, sample_weights: np.ndarray | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, sample_weights: np.ndarray | None = None,
+        source_adversary: adversary.SourceAdversary | None = None, **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.sample_weights = sample_weights
+        self.source_adversary = source_adversary
+        self._adversary_losses: list[float] = []
+        if source_adversary is not None:  # in place: the optimizer keeps the same parameters
+            source_adversary.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss, plus the source adversary's (through its gradient reversal) in training."""
+        sources = inputs.pop("sources", None)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.source_adversary is not None and sources is not None and model.training:
+            progress = self.state.global_step / max(self.state.max_steps, 1)
+            adv_loss = self.source_adversary.loss(inputs["labels"], sources, progress)
+            self._adversary_losses.append(float(adv_loss.detach()))
+            loss = loss + adv_loss
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Also log the source adversary's mean loss since the last log: near ln(sources of a class)
+        means it can no longer tell them apart; falling means the features still carry the source."""
+        if self._adversary_losses and "loss" in logs:
+            logs["source_adversary_loss"] = round(float(np.mean(self._adversary_losses)), 4)
+            self._adversary_losses.clear()
+        super().log(logs, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
@@ -361,6 +401,7 @@ class _Prepared:
     weights: np.ndarray
     train_ds: Any  # train split with the augmentation transform
     val_ds: Any  # validation split with the processor's transform
+    train_transform: Any  # the augmentation transform itself (the source adversary wraps it)
 
 
 def _prepare_data(
@@ -391,11 +432,10 @@ def _with_transforms(
 ) -> _Prepared:
     """Augmentation for training, the model's own processor for validation (the pixels prediction sees)."""
     aug = data.augmentation_config(data_args.augmentation)
-    train_ds = splits["train"].with_transform(
-        data.train_transform(data_args.image_size, processor.image_mean, processor.image_std, aug, seed=seed)
-    )
+    train_tf = data.train_transform(data_args.image_size, processor.image_mean, processor.image_std, aug, seed=seed)
+    train_ds = splits["train"].with_transform(train_tf)
     val_ds = splits["validation"].with_transform(data.eval_transform(processor))
-    return _Prepared(splits, labels, bad_files, weights, train_ds, val_ds)
+    return _Prepared(splits, labels, bad_files, weights, train_ds, val_ds, train_tf)
 
 
 def _choose_head_lr(
@@ -476,15 +516,23 @@ def _train_all_layers(
         # The average is the result: no best checkpoint to go back to.
         load_best_model_at_end=training_args.load_best_model_at_end and averaging is None,
     )
-    optimizer = torch.optim.AdamW(
-        modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
-    )
+    groups = modeling.parameter_groups(model, unfrozen_head_lr, backbone_lr, training_args.weight_decay)
+    source_adv, train_ds, hooks = None, prep.train_ds, []
+    if ft_args.source_adversary:
+        source_adv, train_ds, hooks = adversary.for_training(model, prep.splits["train"], prep.train_transform,
+                                                             ft_args.source_adversary)
+        groups.append({"params": list(source_adv.parameters()), "lr": unfrozen_head_lr,
+                       "weight_decay": training_args.weight_decay})
     trainer = BalancedTrainer(
-        model=model, args=args2, train_dataset=prep.train_ds, eval_dataset=prep.val_ds,
-        data_collator=collate, compute_metrics=compute_metrics, optimizers=(optimizer, None),
-        sample_weights=prep.weights, callbacks=[averaging] if averaging else None,
+        model=model, args=args2, train_dataset=train_ds, eval_dataset=prep.val_ds,
+        data_collator=collate, compute_metrics=compute_metrics, optimizers=(torch.optim.AdamW(groups), None),
+        sample_weights=prep.weights, callbacks=[averaging] if averaging else None, source_adversary=source_adv,
     )
-    trainer.train(resume_from_checkpoint=points.get("all-layers"))
+    try:
+        trainer.train(resume_from_checkpoint=points.get("all-layers"))
+    finally:
+        for hook in hooks:
+            hook.remove()
     averaged = None if averaging is None else {"start": averaging.start, "steps_averaged": averaging.n_averaged}
     return trainer, {"unfrozen_head_lr": unfrozen_head_lr, "backbone_lr": backbone_lr}, averaged
 
@@ -557,6 +605,7 @@ def _training_metadata(
         "weight_averaging": averaged,
         "mixstyle": ft_args.mixstyle,
         "randconv": ft_args.randconv,
+        "source_adversary": ft_args.source_adversary,
         "learning_rates": {
             **lr_info,
             **lower_rates,
