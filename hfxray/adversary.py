@@ -3,25 +3,37 @@
 Why: in the shared data each source holds one class (docs/confounding.md), so whatever marks a
 source (its archive's processing, resize history, scanner, the patients' age) is a cue to the class,
 and a model that learned it calls a new hospital's films by how they look, not by the lungs
-(docs/loso.md). Domain-adversarial training (Ganin et al., JMLR 2016) adds a small head that tries to
-tell the source from the backbone's pooled features and reverses its gradient into the backbone, so
-the backbone learns features the head cannot use. It is *class-conditional* (one source head per
-class, as in confounder-free training, Zhao et al., Nature Communications 2020): the head only tells
-sources apart inside one class (adult from children's normals, the 224 px archive copies from larger
-films), so the class itself, which differs between sources too, is not what gets removed.
+(docs/loso.md). A small head tries to tell the source from the backbone's pooled features, and the
+backbone is trained to leave it guessing: the *confusion loss* of Tzeng et al. (ICCV 2015), used by
+Alvi et al. ("Turning a blind eye", ECCV workshops 2018) to remove age and other confounders. The
+head learns on detached features (cross-entropy to the true source); the backbone gets the
+cross-entropy between the head's answer and a uniform guess, through the head's weights held fixed.
 
-It acts in the all-layer phase only (with the backbone frozen there is nothing to remove) and is not
+It is *class-conditional* (one source head per class, as in confounder-free training, Zhao et al.,
+Nature Communications 2020): sources are only told apart inside one class (adult from children's
+normals, 224 px archive copies from larger films), so the class itself, which differs between sources
+too, is not what the backbone is asked to hide.
+
+Not a gradient-reversal layer (Ganin et al., 2016): measured on a small network whose inputs carry
+the source on one axis (tests/test_adversary.py), the reversed gradient vanishes once the head is
+confident and the head keeps reading the source; the confusion loss does not saturate. Neither
+*erases* the source: a fresh linear probe of the trained toy features still finds it (0.99), as
+Elazar and Goldberg (EMNLP 2018) found for adversarial removal in text. What it does is keep the
+model's own head from being able to rely on it, which is what the leave-one-source-out table tests.
+
+It acts in the all-layer phase only (with the backbone frozen there is nothing to change) and is not
 part of the saved model: the head lives beside the model, its loss is added by the Trainer, and the
 hook that reads the pooled features is removed before calibration and saving.
 
-Written here because none of the libraries hfxray builds on ships a gradient-reversal layer; it is an
-autograd function of four lines and one linear layer.
+Written here because none of the libraries hfxray builds on ships it: one linear layer and two
+cross-entropies.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,31 +42,13 @@ from torch import nn
 
 from hfxray import modeling
 
-DANN_GAMMA = 10.0  # the paper's schedule: weight x (2 / (1 + exp(-10 p)) - 1), p = progress 0..1
-
-
-class _ReverseGradient(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``-scale``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.scale * grad, None
-
-
-def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x`` unchanged; the gradient flowing back through it is reversed and scaled."""
-    return _ReverseGradient.apply(x, scale)
+RAMP_GAMMA = 10.0  # Ganin et al.'s schedule: weight x (2 / (1 + exp(-10 p)) - 1), p = progress 0..1
 
 
 def ramp(progress: float) -> float:
-    """The DANN schedule from 0 (start of the phase) towards 1: the adversary starts gently."""
+    """From 0 (start of the phase) towards 1: the backbone is pushed only once the head has learned."""
     p = min(max(progress, 0.0), 1.0)
-    return 2.0 / (1.0 + math.exp(-DANN_GAMMA * p)) - 1.0
+    return 2.0 / (1.0 + math.exp(-RAMP_GAMMA * p)) - 1.0
 
 
 def source_table(labels: Sequence[int], sources: Sequence[int], n_classes: int, n_sources: int) -> np.ndarray:
@@ -64,8 +58,13 @@ def source_table(labels: Sequence[int], sources: Sequence[int], n_classes: int, 
     return table
 
 
+class AdversaryLoss(NamedTuple):
+    total: torch.Tensor  # what the Trainer adds to the model's loss
+    head: float  # the head's own cross-entropy: near ln(sources of a class) = it is left guessing
+
+
 class SourceAdversary(nn.Module):
-    """One linear source classifier per class over the pooled features, behind a gradient reversal.
+    """One linear source classifier per class over the pooled features, and the confusion loss.
 
     ``table`` (classes x sources, from `source_table`) masks the sources a class does not have, so a
     class with one source costs nothing and teaches nothing.
@@ -85,18 +84,29 @@ class SourceAdversary(nn.Module):
         """Forward pre-hook on the classifier: keep its input (the pooled features)."""
         self.features = args[0] if module.training else None
 
-    def loss(self, labels: torch.Tensor, sources: torch.Tensor, progress: float) -> torch.Tensor:
-        """Cross-entropy of the film's source among its class's sources, through the reversal."""
+    def _log_probs(self, feats: torch.Tensor, labels: torch.Tensor, frozen: bool) -> torch.Tensor:
+        """Log-probabilities of each film's source among its own class's sources."""
+        weight, bias = self.head.weight, self.head.bias
+        if frozen:
+            weight, bias = weight.detach(), bias.detach()
+        logits = F.linear(feats, weight, bias).view(-1, self.n_classes, self.n_sources)
+        logits = logits[torch.arange(len(labels), device=logits.device), labels]
+        return logits.masked_fill(~self.allowed[labels], -torch.inf).log_softmax(dim=1)
+
+    def loss(self, labels: torch.Tensor, sources: torch.Tensor, progress: float) -> AdversaryLoss:
+        """The head's cross-entropy (on detached features) plus, for the backbone, the weighted
+        cross-entropy between the head's answer and a uniform guess over the class's sources."""
         if self.features is None:
             raise RuntimeError(
                 "source adversary: no features captured (is the hook attached, the model training?)"
             )
-        feats = reverse_gradient(self.features.flatten(1), self.weight * ramp(progress))
-        logits = self.head(feats).view(-1, self.n_classes, self.n_sources)
-        logits = logits[torch.arange(len(labels), device=logits.device), labels]
-        logits = logits.masked_fill(~self.allowed[labels], torch.finfo(logits.dtype).min)
-        self.features = None
-        return F.cross_entropy(logits, sources)
+        feats, self.features = self.features.flatten(1), None
+        head_loss = F.nll_loss(self._log_probs(feats.detach(), labels, frozen=False), sources)
+        log_p = self._log_probs(feats, labels, frozen=True)
+        allowed = self.allowed[labels]
+        uniform_ce = -(log_p.masked_fill(~allowed, 0.0).sum(dim=1) / allowed.sum(dim=1)).mean()
+        total = head_loss + self.weight * ramp(progress) * uniform_ce
+        return AdversaryLoss(total, float(head_loss.detach()))
 
 
 def attach(model: nn.Module, table: np.ndarray, weight: float) -> tuple[SourceAdversary, list]:
@@ -124,7 +134,7 @@ def for_training(
     source index, and the hook handles to remove afterwards.
 
     Under several processes each keeps its own adversary head (its gradient is not all-reduced): each
-    is still a source classifier on that process's films, which is all the reversal needs.
+    is still a source classifier on that process's films, which is all the confusion loss needs.
     """
     names = sorted(set(train_split["source"]))
     index = {name: i for i, name in enumerate(names)}

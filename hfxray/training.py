@@ -184,10 +184,10 @@ class FinetuneArguments:
     source_adversary: float | None = field(
         default=None,
         metadata={
-            "help": "Phase 2: add a class-conditional source classifier on the pooled features behind a "
-            "gradient reversal of this weight (domain-adversarial training, hfxray.adversary; 1.0 in the "
-            "paper), so the features stop telling sources apart inside a class. Training only: not part of "
-            "the saved model. Off by default."
+            "help": "Phase 2: train a class-conditional source classifier on the pooled features and the "
+            "backbone, at this weight, to leave it guessing (confusion loss, hfxray.adversary), so the "
+            "features stop telling sources apart inside a class. Training only: not part of the saved "
+            "model. Off by default."
         },
     )
 
@@ -263,19 +263,19 @@ class BalancedTrainer(Trainer):
             source_adversary.to(self.args.device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's loss, plus the source adversary's (through its gradient reversal) in training."""
+        """The model's loss, plus the source adversary's (head and confusion loss) in training."""
         sources = inputs.pop("sources", None)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if self.source_adversary is not None and sources is not None and model.training:
             progress = self.state.global_step / max(self.state.max_steps, 1)
-            adv_loss = self.source_adversary.loss(inputs["labels"], sources, progress)
-            self._adversary_losses.append(float(adv_loss.detach()))
-            loss = loss + adv_loss
+            adv = self.source_adversary.loss(inputs["labels"], sources, progress)
+            self._adversary_losses.append(adv.head)
+            loss = loss + adv.total
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Also log the source adversary's mean loss since the last log: near ln(sources of a class)
-        means it can no longer tell them apart; falling means the features still carry the source."""
+        """Also log the source head's mean cross-entropy since the last log: near ln(sources of a class)
+        means it is left guessing; falling means the features still tell it the source."""
         if self._adversary_losses and "loss" in logs:
             logs["source_adversary_loss"] = round(float(np.mean(self._adversary_losses)), 4)
             self._adversary_losses.clear()

@@ -1,6 +1,7 @@
-"""Training-only style options (``--mixstyle``, ``--randconv``): a real tiny run records the option in
-hfxray.json and saves an ordinary model directory (the backbone's weights, nothing added, no hook left
-on the reloaded model); an out-of-range value is refused in one line before anything is written.
+"""Training-only options (``--mixstyle``, ``--randconv``, ``--source_adversary``): a real tiny run records
+the option in hfxray.json and saves an ordinary model directory (the backbone's weights, nothing added,
+no hook left on the reloaded model); an out-of-range value is refused in one line before anything is
+written.
 """
 
 from __future__ import annotations
@@ -24,12 +25,42 @@ def test_training_with_the_option_saves_an_ordinary_model(option: str, shared_da
     proc = train_tiny(shared_data, out, f"--{option}", "0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "hfxray.json").read_text())[option] == 0.5
+    _assert_ordinary_model_dir(out, lite0)
+
+
+def _assert_ordinary_model_dir(out: Path, lite0) -> None:
     assert set(load_file(out / "model.safetensors")) == set(lite0[0].state_dict())  # no extra weights
     reloaded, _ = modeling.load_model(out)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in reloaded.modules())
 
 
-@pytest.mark.parametrize(("option", "value"), [("mixstyle", "1.5"), ("randconv", "-0.2")])
-def test_out_of_range_value_is_a_one_line_error(option: str, value: str, shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_source_adversary_trains_against_real_sources_and_saves_an_ordinary_model(
+    shared_data: Path, lite0, tmp_path: Path
+) -> None:
+    out = tmp_path / "adversary"
+    several = [str(shared_data), str(shared_data.parents[1] / "cxr-multisource")]  # sources to tell apart
+    proc = train_tiny(shared_data, out, "--data_dir", *several, "--max_train_samples", "48", "--source_adversary", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "hfxray.json").read_text())
+    assert meta["source_adversary"] == 1.0
+    assert len(meta["sources"]["train"]["Normal"]) >= 2  # a class with several sources: a real question
+    logged = [h["source_adversary_loss"] for h in meta["log_history"] if "source_adversary_loss" in h]
+    assert logged and all(v > 0 for v in logged)  # the head's loss, logged in the all-layer phase only
+    assert not any("source_adversary_loss" in h for h in meta["log_history"] if h["phase"] == "head")
+    _assert_ordinary_model_dir(out, lite0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("mixstyle", "1.5", "--mixstyle must be in (0, 1], got 1.5"),
+        ("randconv", "-0.2", "--randconv must be in (0, 1], got -0.2"),
+        ("source_adversary", "0", "--source_adversary must be > 0, got 0.0"),
+    ],
+)
+def test_out_of_range_value_is_a_one_line_error(
+    option: str, value: str, message: str, shared_data: Path, tmp_path: Path
+) -> None:
     proc = train_tiny(shared_data, tmp_path / "bad", f"--{option}", value)
-    assert_one_line_error(proc, f"--{option} must be in (0, 1], got {value}", tmp_path / "bad")
+    assert_one_line_error(proc, message, tmp_path / "bad")
