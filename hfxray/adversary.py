@@ -32,8 +32,8 @@ cross-entropies.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -116,7 +116,10 @@ def attach(model: nn.Module, table: np.ndarray, weight: float) -> tuple[SourceAd
     return adversary, [classifier.register_forward_pre_hook(adversary.capture)]
 
 
-def with_source_index(transform, index: dict[str, int]):
+BatchTransform = Callable[[dict[str, list]], dict[str, list]]  # a `Dataset.with_transform` callable
+
+
+def with_source_index(transform: BatchTransform, index: dict[str, int]) -> BatchTransform:
     """Wrap a `Dataset.with_transform` callable so each film also carries its source's index."""
 
     def wrapped(batch: dict[str, list]) -> dict[str, list]:
@@ -128,22 +131,17 @@ def with_source_index(transform, index: dict[str, int]):
 
 
 def for_training(
-    model: nn.Module, train_split, transform, weight: float
-) -> tuple[SourceAdversary, object, list]:
+    model: nn.Module, train_split: Any, transform: BatchTransform, weight: float
+) -> tuple[SourceAdversary, Any, list]:
     """Everything the all-layer phase needs: the adversary, the training split whose films carry their
     source index, and the hook handles to remove afterwards.
 
     Under several processes each keeps its own adversary head (its gradient is not all-reduced): each
     is still a source classifier on that process's films, which is all the confusion loss needs.
     """
-    names = sorted(set(train_split["source"]))
-    index = {name: i for i, name in enumerate(names)}
-    labels = train_split["label"]
-    table = source_table(
-        labels,
-        [index[s] for s in train_split["source"]],
-        len(train_split.features["label"].names),
-        len(names),
-    )
+    sources = train_split["source"]
+    index = {name: i for i, name in enumerate(sorted(set(sources)))}
+    n_classes = len(train_split.features["label"].names)
+    table = source_table(train_split["label"], [index[s] for s in sources], n_classes, len(index))
     adv, hooks = attach(model, table, weight)
     return adv, train_split.with_transform(with_source_index(transform, index)), hooks

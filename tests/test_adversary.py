@@ -35,7 +35,8 @@ def test_a_class_with_one_source_costs_and_teaches_nothing() -> None:
     adv.features = feats
     loss = adv.loss(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 0]), 1.0)
     loss.total.backward()
-    assert float(loss.total.detach()) == pytest.approx(0.0, abs=1e-6) and loss.head == pytest.approx(0.0, abs=1e-6)
+    assert float(loss.total.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert loss.head == pytest.approx(0.0, abs=1e-6)
     assert float(feats.grad.abs().max()) == 0.0 and float(adv.head.weight.grad.abs().max()) == 0.0
     adv.features = torch.randn(4, 5)  # class 1 has two sources: a real question
     assert adv.loss(torch.tensor([1, 1, 1, 1]), torch.tensor([1, 2, 1, 2]), 1.0).head > 0.1
