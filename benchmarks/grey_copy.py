@@ -27,15 +27,17 @@ from hfxray.images import is_supported_path, load_image  # noqa: E402
 
 def grey_copy(src: Path, dst: Path) -> int:
     """Write every readable film of ``src``'s class folders to ``dst`` as grey PNG; returns how many."""
-    written = 0
+    written: set[Path] = set()
     for path in sorted(p for p in src.rglob("*") if p.is_file() and is_supported_path(p)):
         out = dst / path.relative_to(src).with_suffix(".png")
-        if out.exists():  # two films with one stem (a.jpg, a.png): keep both, never overwrite
-            raise SystemExit(f"error: {out} already exists (two films named {path.stem} in {path.parent})")
+        if out in written:  # a.jpg and a.png side by side: both would become a.png
+            raise SystemExit(f"error: two films named {path.stem} in {path.parent} would both become {out}")
+        if out.exists():  # never overwrite: an earlier copy may hold other films
+            raise SystemExit(f"error: {out} already exists; write the copy to a new folder")
         out.parent.mkdir(parents=True, exist_ok=True)
         load_image(path).convert("L").save(out)
-        written += 1
-    return written
+        written.add(out)
+    return len(written)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
