@@ -183,7 +183,7 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             fold_row = dict(
                 mode="finetune", choice=args.choice, fold=name, seed=seed,
                 train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
-                recipe=[*RECIPE_ARGS, *args.train_args],
+                recipe=[*RECIPE_ARGS, *args.train_args], data_dir=data_dir_names(args.data_dir),
             )
             pooled: list[tuple[np.ndarray, np.ndarray]] = []
             for source in fold:
@@ -275,7 +275,7 @@ def run_probe(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
             clf.fit(feats[train], labels[train], logisticregression__sample_weight=weights)
             report = holdout_report(labels[test], clf.predict(feats[test]), classes)
-            report.update(mode="probe", choice=choice, source=source, seed=0)
+            report.update(mode="probe", choice=choice, source=source, seed=0, data_dir=data_dir_names(args.data_dir))
             save_row(report, args.results)
             print(format_row(report), flush=True)
 
@@ -285,6 +285,16 @@ def run_probe(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def data_dir_names(data_dirs: Sequence[str]) -> list[str]:
+    """The data folders a row was computed on, relative to the repository where that is shorter, so that a
+    row from another machine (or a screening on a copied folder) says which films it saw."""
+    names = []
+    for d in data_dirs:
+        rel = os.path.relpath(Path(d).resolve(), REPO_ROOT)
+        names.append(rel if len(rel) <= len(str(d)) else str(d))
+    return names
 
 
 def save_row(row: dict[str, Any], path: Path) -> None:

@@ -79,6 +79,7 @@ def test_probe_mode_writes_one_row_per_choice_and_the_doc(two_source_corpus: Pat
     assert {r["choice"] for r in rows} == set(loso.PROBE_CHOICES)
     for r in rows:
         assert r["source"] == "site-a" and r["n"] == 12  # 4 of 8 films per class, 3 classes
+        assert [(ROOT / d).resolve() for d in r["data_dir"]] == [two_source_corpus.resolve()]  # the films it saw
         assert sum(sum(c["called"].values()) for c in r["per_class"].values()) == 12
     text = doc.read_text()
     assert text.startswith("# LOSO\n\nkept text\n") and loso.BEGIN_MARK in text and loso.END_MARK in text
