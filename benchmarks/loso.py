@@ -167,6 +167,7 @@ def dataset_in_format(data_dirs: tuple[str, ...], image_size: int, resample: int
 def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
     """One fold per held-out source, or (``--together``) one fold holding all of them out at once."""
     folds = [list(args.holdout)] if args.together else [[s] for s in args.holdout]
+    dirs = data_dir_names(args.data_dir)
     for fold in folds:
         name = "+".join(fold)
         copies: dict[str, list[Any]] = {}  # source -> its films as archive copies
@@ -183,7 +184,7 @@ def run_finetune(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             fold_row = dict(
                 mode="finetune", choice=args.choice, fold=name, seed=seed,
                 train_seconds=round(seconds, 1), in_source_validation_accuracy=meta["validation"]["accuracy"],
-                recipe=[*RECIPE_ARGS, *args.train_args], data_dir=data_dir_names(args.data_dir),
+                recipe=[*RECIPE_ARGS, *args.train_args], data_dir=dirs,
             )
             pooled: list[tuple[np.ndarray, np.ndarray]] = []
             for source in fold:
@@ -267,6 +268,7 @@ def run_probe(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
     feats = imagenet_features(ds, Path(args.output_dir))
     sources = np.asarray(ds["source"])
     labels = np.asarray(ds["label"])
+    dirs = data_dir_names(args.data_dir)
     for choice, kwargs in PROBE_CHOICES.items():
         for source in args.holdout:
             train = np.flatnonzero(sources != source)
@@ -275,7 +277,7 @@ def run_probe(args: argparse.Namespace, ds: Any, classes: list[str]) -> None:
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
             clf.fit(feats[train], labels[train], logisticregression__sample_weight=weights)
             report = holdout_report(labels[test], clf.predict(feats[test]), classes)
-            report.update(mode="probe", choice=choice, source=source, seed=0, data_dir=data_dir_names(args.data_dir))
+            report.update(mode="probe", choice=choice, source=source, seed=0, data_dir=dirs)
             save_row(report, args.results)
             print(format_row(report), flush=True)
 
@@ -288,13 +290,9 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def data_dir_names(data_dirs: Sequence[str]) -> list[str]:
-    """The data folders a row was computed on, relative to the repository where that is shorter, so that a
-    row from another machine (or a screening on a copied folder) says which films it saw."""
-    names = []
-    for d in data_dirs:
-        rel = os.path.relpath(Path(d).resolve(), REPO_ROOT)
-        names.append(rel if len(rel) <= len(str(d)) else str(d))
-    return names
+    """The data folders a row was computed on, relative to the repository (as shortcut_compare.py records
+    its `data_dir`), so that a screening on a copied folder says which films it saw."""
+    return [os.path.relpath(d, REPO_ROOT) for d in data_dirs]
 
 
 def save_row(row: dict[str, Any], path: Path) -> None:
