@@ -14,10 +14,10 @@ it is a forward hook of a few lines on the backbone's first stages, removed befo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
+
+from hfxray.modeling import backbone_stages
 
 DEFAULT_ALPHA = 0.1  # Beta(0.1, 0.1): mostly near 0 or 1, the paper's choice (not tuned here)
 DEFAULT_STAGES = 3  # after the first three stages, as the paper does for ResNet (res1-res3)
@@ -49,17 +49,11 @@ class MixStyleHook:
 
 
 def style_stages(model: nn.Module, n_stages: int = DEFAULT_STAGES) -> list[nn.Module]:
-    """The backbone's first ``n_stages`` stages: timm models (``blocks``) and transformers ResNets
-    (``resnet.encoder.stages``)."""
-    timm_model = getattr(model, "timm_model", None)
-    stages: Sequence[nn.Module] | None = None
-    if timm_model is not None and hasattr(timm_model, "blocks"):
-        stages = timm_model.blocks
-    elif hasattr(model, "resnet"):
-        stages = model.resnet.encoder.stages
-    if stages is None or len(stages) <= n_stages:
+    """The backbone's first ``n_stages`` stages (`hfxray.modeling.backbone_stages`)."""
+    stages = backbone_stages(model)[1]
+    if len(stages) <= n_stages:
         raise ValueError(f"MixStyle: cannot find {n_stages} early stages in {type(model).__name__}")
-    return list(stages[:n_stages])
+    return stages[:n_stages]
 
 
 def attach(model: nn.Module, p: float, alpha: float = DEFAULT_ALPHA, n_stages: int = DEFAULT_STAGES) -> list:

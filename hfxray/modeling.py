@@ -560,6 +560,41 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
         param.requires_grad = trainable or id(param) in head_params
 
 
+def backbone_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(stem, stages) of the backbones hfxray trains: timm models (``conv_stem``/``bn1`` + ``blocks``)
+    and transformers ResNets (``embedder`` + ``encoder.stages``). Empty lists for anything else."""
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None and hasattr(timm_model, "blocks"):
+        stem = [m for name in ("conv_stem", "bn1") if (m := getattr(timm_model, name, None)) is not None]
+        return stem, list(timm_model.blocks)
+    if hasattr(model, "resnet"):
+        return [model.resnet.embedder], list(model.resnet.encoder.stages)
+    return [], []
+
+
+def freeze_early_stages(model: nn.Module, n_stages: int) -> int:
+    """Keep the stem and the first ``n_stages`` backbone stages fixed (``requires_grad`` off); returns how
+    many parameters that froze.
+
+    Why: the early stages hold the low-level filters (grain, edges, compression) where a film's
+    resize-and-save history shows; leaving them at their ImageNet values keeps fine-tuning from
+    sharpening them into a source detector (docs/loso.md, "frozen early stages"). BatchNorm running
+    statistics still follow the training films, as in `set_backbone_trainable`.
+    """
+    stem, stages = backbone_stages(model)
+    if not stages or n_stages >= len(stages):
+        raise ValueError(
+            f"--frozen_stages {n_stages}: {type(model).__name__} has {len(stages)} backbone stages "
+            "(at least one must train)"
+        )
+    frozen = 0
+    for module in [*stem, *stages[:n_stages]]:
+        for param in module.parameters():
+            frozen += param.numel() if param.requires_grad else 0
+            param.requires_grad = False
+    return frozen
+
+
 def parameter_groups(
     model: nn.Module, head_lr: float, backbone_lr: float, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:

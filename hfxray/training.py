@@ -181,6 +181,13 @@ class FinetuneArguments:
             "unchanged in form. Off by default."
         },
     )
+    frozen_stages: int = field(
+        default=0,
+        metadata={
+            "help": "Phase 2: keep the backbone's stem and its first N stages at their pretrained values "
+            "(EfficientNet-Lite has 7 stages, ResNet 4); 0 (the default) trains all layers."
+        },
+    )
     source_adversary: float | None = field(
         default=None,
         metadata={
@@ -199,6 +206,8 @@ class FinetuneArguments:
             p = getattr(self, name)
             if p is not None and not 0.0 < p <= 1.0:
                 raise ValueError(f"--{name} must be in (0, 1], got {p}")
+        if self.frozen_stages < 0:
+            raise ValueError(f"--frozen_stages must be >= 0, got {self.frozen_stages}")
         if self.source_adversary is not None and not self.source_adversary > 0:
             raise ValueError(f"--source_adversary must be > 0, got {self.source_adversary}")
 
@@ -504,6 +513,9 @@ def _train_all_layers(
     """Phase 2: all layers, the backbone at a lower rate (discriminative learning rates). Returns the
     trainer, the two rates, and what weight averaging did (None when it is off)."""
     modeling.set_backbone_trainable(model, True)
+    if ft_args.frozen_stages:
+        n_frozen = modeling.freeze_early_stages(model, ft_args.frozen_stages)
+        logger.info("all-layer phase: stem + %d stages kept frozen (%d parameters)", ft_args.frozen_stages, n_frozen)
     unfrozen_head_lr = head_lr * ft_args.unfrozen_lr_factor
     backbone_lr = unfrozen_head_lr * ft_args.backbone_lr_ratio
     averaging = (
@@ -606,6 +618,7 @@ def _training_metadata(
         "mixstyle": ft_args.mixstyle,
         "randconv": ft_args.randconv,
         "source_adversary": ft_args.source_adversary,
+        "frozen_stages": ft_args.frozen_stages,
         "learning_rates": {
             **lr_info,
             **lower_rates,
@@ -671,6 +684,8 @@ def run_training(
     model = model.to(memory_format=torch.channels_last)  # see collate()
     prep = _with_transforms(splits, labels, bad_files, weights, processor, data_args, training_args.seed)
 
+    if ft_args.frozen_stages:  # a count the backbone cannot take fails here, not after the head phase
+        modeling.freeze_early_stages(model, ft_args.frozen_stages)
     modeling.set_backbone_trainable(model, False)  # the range test looks at the head alone
     lr_info, lr_plot = _choose_head_lr(model, prep, ft_args, training_args, work_dir, bool(points), keep)
     head_lr = float(lr_info["head_lr"])
