@@ -276,14 +276,9 @@ Research software, not a diagnostic device.
 
 def write_doc(doc: Path, generated: str) -> None:
     """Replace the generated section of ``doc`` (creating it if needed); hand-written text survives."""
-    text = doc.read_text() if doc.exists() else DOC_TEMPLATE.format(begin=BEGIN_MARK, end=END_MARK)
-    if BEGIN_MARK not in text or END_MARK not in text:
-        text = text.rstrip() + "\n\n" + BEGIN_MARK + "\n" + END_MARK + "\n"
-    head, rest = text.split(BEGIN_MARK, 1)
-    _, tail = rest.split(END_MARK, 1)
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text(head + BEGIN_MARK + "\n" + generated + "\n" + END_MARK + tail)
-    os.replace(tmp, doc)
+    from hfxray.report import replace_generated_section
+
+    replace_generated_section(doc, BEGIN_MARK, END_MARK, generated, DOC_TEMPLATE.format(begin=BEGIN_MARK, end=END_MARK))
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

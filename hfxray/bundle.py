@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -98,11 +99,26 @@ def finish_bundle(out: Path, data_dir: str | Path | Sequence[str | Path]) -> Pat
     return out
 
 
+def is_recipe_row(row: dict) -> bool:
+    """A `benchmarks/loso.py` row of the bundled recipe: fine-tuned with exactly `RECIPE_ARGS` on the
+    default data folders (rows written before folders were recorded have none: they used these).
+
+    Why the folders too: a screening on a changed copy of the data (the grey films) ran the same flags,
+    and a model made from the real folders must not borrow its numbers.
+    """
+    folders = row.get("data_dir")
+    return (
+        row.get("mode") == "finetune"
+        and tuple(row.get("recipe") or ()) == RECIPE_ARGS
+        and (folders is None or [os.path.relpath(d, ROOT) for d in DEFAULT_DATA_DIRS] == list(folders))
+    )
+
+
 def attach_leave_one_source_out(out: Path, results: Path = LOSO_RESULTS) -> int:
     """Copy the held-out-source rows of this recipe (`benchmarks/loso.py`) into hfxray.json for the card.
 
-    Only fine-tuned rows trained with exactly `RECIPE_ARGS` count: the table describes a recipe, and a
-    model made with other flags must not borrow it. Returns how many rows were attached.
+    Only rows of `is_recipe_row` count: the table describes a recipe, and a model made with other flags
+    or other films must not borrow it. Returns how many rows were attached.
     """
     from hfxray import hub
 
@@ -111,7 +127,7 @@ def attach_leave_one_source_out(out: Path, results: Path = LOSO_RESULTS) -> int:
     recipe_rows = [
         {k: r[k] for k in r if k not in ("per_class", "recipe")}
         for r in json.loads(results.read_text())["rows"]
-        if r.get("mode") == "finetune" and tuple(r.get("recipe") or ()) == RECIPE_ARGS
+        if is_recipe_row(r)
     ]
     rows = [r for r in recipe_rows if r.get("fold", r["source"]) == r["source"]]  # one-source folds
     # A fold holding several sources out together: its pooled row (all its held-out films at once).

@@ -38,6 +38,7 @@ __all__ = [
     "plot_lr_find",
     "plot_most_wrong",
     "plot_reliability",
+    "replace_generated_section",
     "write_html_report",
 ]
 
@@ -399,3 +400,21 @@ def write_html_report(
     tmp.write_text(doc, encoding="utf-8")
     os.replace(tmp, path)  # never leave a half-written report behind
     return path
+
+
+def replace_generated_section(path: str | os.PathLike, begin: str, end: str, content: str, template: str) -> None:
+    """Rewrite the text between the ``begin`` and ``end`` markers of a markdown file, atomically.
+
+    Why: benchmark tables live inside hand-written docs (docs/loso.md, the README); only the marked
+    section is regenerated and everything around it survives. A file that does not exist starts from
+    ``template``; one without the markers gets them at its end.
+    """
+    path = Path(path)
+    text = path.read_text() if path.exists() else template
+    if begin not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{content}\n{end}{tail}")
+    os.replace(tmp, path)

@@ -87,7 +87,7 @@ def test_probe_mode_writes_one_row_per_choice_and_the_doc(two_source_corpus: Pat
 
 
 def test_only_rows_of_the_bundled_recipe_reach_the_model(tmp_path: Path) -> None:
-    from hfxray.bundle import RECIPE_ARGS, attach_leave_one_source_out
+    from hfxray.bundle import DEFAULT_DATA_DIRS, RECIPE_ARGS, attach_leave_one_source_out
     from hfxray.hub import read_metadata
 
     (tmp_path / "hfxray.json").write_text(json.dumps({"classes": CLASSES}))
@@ -101,10 +101,13 @@ def test_only_rows_of_the_bundled_recipe_reach_the_model(tmp_path: Path) -> None
         {**base, "source": "a", "fold": "a+e", "recipe": list(RECIPE_ARGS)},  # held out with another source
         {**base, "source": loso.ALL_HELD_OUT, "fold": "a+e", "recipe": list(RECIPE_ARGS)},  # that fold pooled
         {**base, "source": loso.ALL_HELD_OUT, "fold": "a+e", "recipe": [*RECIPE_ARGS, "--image_size", "128"]},
+        # the same flags on the default folders (recorded), and on a changed copy of the films
+        {**base, "source": "f", "recipe": list(RECIPE_ARGS), "data_dir": loso.data_dir_names(DEFAULT_DATA_DIRS)},
+        {**base, "source": "g", "recipe": list(RECIPE_ARGS), "data_dir": ["grey copy", "../shared/data/x"]},
     ]}))
-    assert attach_leave_one_source_out(tmp_path, results) == 2
+    assert attach_leave_one_source_out(tmp_path, results) == 3
     meta = read_metadata(tmp_path)
-    assert [r["source"] for r in meta["leave_one_source_out"]] == ["a", "b"]
+    assert [r["source"] for r in meta["leave_one_source_out"]] == ["a", "b", "f"]
     assert "per_class" not in meta["leave_one_source_out"][0] and meta["classes"] == CLASSES
     # the pooled row of the several-sources fold goes to its own table, other recipes' rows nowhere
     assert [(r["fold"], r["source"]) for r in meta["leave_sources_out_together"]] == [("a+e", loso.ALL_HELD_OUT)]
@@ -123,6 +126,40 @@ def test_a_fold_of_several_sources_is_kept_apart_from_the_one_source_fold(tmp_pa
     text = loso.tables(rows)
     one, together = text.split("### Fine-tuned, several sources")
     assert "0.60" in one and "0.70" not in one and "0.70" in together
+
+
+def test_summary_puts_each_choice_on_one_line_seed_by_seed_and_reaches_the_readme(tmp_path: Path) -> None:
+    from hfxray.bundle import RECIPE_ARGS
+
+    def row(choice: str, fold: str, source: str, seed: int, key: str, value: float, recipe: list[str]) -> dict:
+        return {"mode": "finetune", "choice": choice, "fold": fold, "source": source, "seed": seed, "n": 100,
+                key: value, f"{key}_ci95": [value - 0.05, value + 0.05], "recipe": recipe}
+
+    recipe, changed = list(RECIPE_ARGS), [*RECIPE_ARGS, "--frozen_stages", "3"]
+    rows = [
+        row("recipe", "bimcv", "bimcv", 42, "covid_sensitivity", 0.68, recipe),
+        row("recipe", "bimcv", "bimcv", 43, "covid_sensitivity", 0.70, recipe),
+        row("frozen", "bimcv", "bimcv", 43, "covid_sensitivity", 0.61, changed),
+        row("frozen", loso.NEW_HOSPITALS, loso.ALL_HELD_OUT, 42, "covid_auroc", 0.88, changed),
+        row("frozen", loso.NEW_HOSPITALS, "cxnet-spain", 42, "accuracy", 0.99, changed),  # not a headline cell
+        {**row("probe", "bimcv", "bimcv", 42, "covid_sensitivity", 0.3, recipe), "mode": "probe"},
+    ]
+    lines = loso.summary(rows).splitlines()
+    by_choice = {line.split(" | ")[0].strip("| *"): line for line in lines[2:] if line.startswith("|")}
+    assert set(by_choice) == {"recipe (bundled)", "frozen"}
+    assert "| 0.68 [0.63, 0.73] / 0.70 [0.65, 0.75] |" in by_choice["recipe (bundled)"]
+    assert "| - / 0.61 [0.56, 0.66] | - / - | - / - | 0.88 [0.83, 0.93] / - |" in by_choice["frozen"]
+    assert "0.99" not in loso.summary(rows)
+    assert by_choice["recipe (bundled)"].startswith("| **recipe (bundled)** | - |")  # the baseline comes first
+    assert lines.index(by_choice["recipe (bundled)"]) < lines.index(by_choice["frozen"])
+
+    readme, doc = tmp_path / "README.md", tmp_path / "loso.md"
+    readme.write_text(f"# x\n\nbefore\n{loso.SUMMARY_BEGIN}\nold\n{loso.SUMMARY_END}\nafter\n")
+    loso.write_doc(rows, doc, readme)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{loso.SUMMARY_END}\nafter\n")
+    assert "old" not in text and by_choice["frozen"] in text
+    assert by_choice["frozen"] in doc.read_text() and "| probe |" in doc.read_text()
 
 
 def test_archive_copy_report_classifies_the_same_films_resaved(shared_data: Path) -> None:
